@@ -1,0 +1,55 @@
+"""pytest-benchmark suites: each of our kernels beside its peer in the same run, the ratio in extra_info and in a
+table printed at the end (``pytest benchmarks/``; ``--benchmark-json=FILE`` keeps every figure).
+
+A test records its result with the ``record`` fixture; ours is measured after its peer so that the ratio
+(ours ÷ peer throughput, > 1 means faster) can be stored in its extra_info.
+"""
+
+import platform
+import time
+
+import pytest
+
+import cllm
+
+RESULTS = {}  # (suite, case, threads) -> {impl: throughput}
+
+
+def settle():
+    """Let another library's idle worker threads stop spinning (OpenBLAS spins ~0.1 s after a call), so that
+    they do not steal cores from the next measurement on a small machine."""
+    time.sleep(0.3)
+
+
+@pytest.fixture
+def record(benchmark):
+    def _record(suite, case, threads, impl, work, unit):
+        """work: units of work per call (e.g. flops); stores throughput = work / median seconds."""
+        median = benchmark.stats.stats.median
+        rate = work / median
+        row = RESULTS.setdefault((suite, case, threads), {"unit": unit})
+        row[impl] = rate
+        benchmark.extra_info.update(suite=suite, case=case, threads=threads, impl=impl, unit=unit, rate=rate)
+        peers = [k for k in row if k not in ("unit", "cllm")]
+        if impl == "cllm" and peers:
+            benchmark.extra_info["ratio"] = {p: rate / row[p] for p in peers}
+        return rate
+
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("cllm vs peers (throughput; ratio > 1: cllm faster)")
+    tr.write_line(f"machine: {platform.processor() or platform.machine()}, cllm ISA path: {cllm.show_config()['isa']}")
+    tr.write_line(f"{'suite':<18}{'case':<28}{'thr':>4}{'cllm':>12}{'peer':>12}{'ratio':>8}  unit")
+    for (suite, case, threads), row in RESULTS.items():
+        ours = row.get("cllm")
+        for peer in [k for k in row if k not in ("unit", "cllm")] or [None]:
+            theirs = row.get(peer) if peer else None
+            ratio = f"{ours / theirs:8.2f}" if ours and theirs else f"{'':>8}"
+            fmt = lambda v: f"{v / 1e9:12.1f}" if v else f"{'-':>12}"
+            tr.write_line(f"{suite:<18}{case:<28}{threads:>4}{fmt(ours)}{fmt(theirs)}{ratio}  G{row['unit']}/s"
+                          + (f" vs {peer}" if peer else ""))

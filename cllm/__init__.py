@@ -1,0 +1,11 @@
+"""cllm: train small GPT language models from source files or web pages, with OpenMP C/C++ kernels.
+
+The public API, re-exported (ARCHITECTURE.md "Contract"); each name lives in the module of its concern.
+"""
+
+from . import kernels
+from ._version import __version__
+from .system import show_config
+from .threads import get_num_threads, set_num_threads, threads
+
+__all__ = ["__version__", "get_num_threads", "kernels", "set_num_threads", "show_config", "threads"]

@@ -1,0 +1,333 @@
+/* Packed, cache-blocked SGEMM and the linear layers built on it. Compiled once per ISA (see simd.h).
+ *
+ * C[M,N] (+)= A[M,K] · B[K,N], A and B given by strides so that x·wᵀ, dy·w and dyᵀ·x need no transposed copies.
+ * The BLIS loop nest, per work item (a band of rows × NC columns of C, owned by one thread):
+ *
+ *   for each KC block of K, in order         the K sum is never split between threads
+ *     pack B[KC, NC] into NR-column panels    (stays in L2, used by the whole band)
+ *     for each MC-row block of the band
+ *       pack A[MC, KC] into MR-row panels
+ *       for each MR-row panel of A            (stays in L1)
+ *         for each NR-column panel of B       micro-kernel: MR×NR accumulators in registers
+ *
+ * Every output element is the same sequence of FMAs whatever the tile sizes or the thread that owns it, so the
+ * tile sizes may follow the thread count while the bits do not. Only KC shapes the result, and it is a constant.
+ */
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cllm.h"
+#include "dispatch.h"
+#include "memory.h"
+#include "simd.h"
+
+#if VW == 16
+#define MR 12 /* 12 rows × 2 zmm = 24 accumulators of 32 registers */
+#define NR 32
+#elif VW == 8
+#define MR 6 /* 6 rows × 2 ymm = 12 accumulators of 16 registers */
+#define NR 16
+#else
+#define MR 4
+#define NR (2 * VW > 8 ? 2 * VW : 8)
+#endif
+#define NV (NR / VW)
+#define KC 256     /* K block: fixed, it decides the order of the K sum */
+#define MC 192     /* rows of A packed at a time: a multiple of every MR */
+#define PACK_GROUP 96 /* rows of a transposed A packed together: whole 64-byte lines and MR panels (measured) */
+#define NC_MAX 512 /* columns of B packed at a time: KC×NC_MAX floats = 512 KiB fit in L2 */
+
+/* The sums over M of linear_backward (dw, db) are cut into chunks of rows computed in parallel and added up the
+ * sphere tree. The chunk count depends on the shape only; scratch for the dw partials stays under a cap. */
+#define DW_CHUNK_ROWS 1024
+#define DW_SCRATCH_FLOATS ((int64_t)1 << 23)
+#define DB_CHUNK_ROWS 64
+
+enum store_mode { STORE, ACCUMULATE, ADD_BIAS };
+
+typedef struct {
+    int64_t M, N, K;
+    const float *A; int64_t rsa, csa; /* A[i,k] = A[i*rsa + k*csa] */
+    const float *B; int64_t rsb, csb; /* B[k,j] = B[k*rsb + j*csb] */
+    float *C; int64_t ldc;            /* C[i,j] = C[i*ldc + j] */
+    int accumulate;                   /* C += A·B (else C = A·B) */
+    const float *bias;                /* C = A·B + bias[j]; NULL for none; not with accumulate */
+    int64_t band, bands, nc, tiles_n; /* work items: bands of rows × NC-column tiles (plan_items) */
+} gemm_t;
+
+#if VW == 16
+/* dst[kc][12] <- the 12 rows a[i*rsa + k] (k < kc): 16×16 in-register transposes, about 3× the scalar copy. */
+static void pack_12_rows(const float *a, int64_t rsa, int64_t kc, float *dst)
+{
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16) {
+        __m512 r[16], t[16], u[16];
+        for (int i = 0; i < 16; i++) r[i] = i < 12 ? _mm512_loadu_ps(a + i * rsa + k) : _mm512_setzero_ps();
+        for (int i = 0; i < 16; i += 2) { /* per 128-bit lane: pairs of rows interleaved */
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int g = 0; g < 4; g++) { /* u[4g+c], lane L: rows 4g..4g+3 at column 4L+c */
+            u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+            u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+            u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+            u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+        }
+        for (int c = 0; c < 4; c++) { /* a 4×4 transpose of lanes gives column 4L+c of all 16 rows */
+            __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+            __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+            __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+            _mm512_mask_storeu_ps(dst + (k + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v0, v2, 0x88));
+            _mm512_mask_storeu_ps(dst + (k + 4 + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+            _mm512_mask_storeu_ps(dst + (k + 8 + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v1, v3, 0x88));
+            _mm512_mask_storeu_ps(dst + (k + 12 + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+        }
+    }
+    for (; k < kc; k++)
+        for (int i = 0; i < 12; i++) dst[k * 12 + i] = a[i * rsa + k];
+}
+#endif
+
+/* Ap[mc/MR][kc][MR] <- A[i0 : i0+mc, k0 : k0+kc], rows past mc zero-padded. */
+static void pack_A(const gemm_t *g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float *Ap)
+{
+    const float *a = g->A + i0 * g->rsa + k0 * g->csa;
+    if (g->csa == 1) { /* rows of A contiguous: read each row once */
+        int64_t i = 0;
+#if VW == 16 && MR == 12
+        for (; i + MR <= mc; i += MR) pack_12_rows(a + i * g->rsa, g->rsa, kc, Ap + i * kc);
+#endif
+        for (; i < mc; i++) {
+            float *dst = Ap + (i / MR) * MR * kc + i % MR;
+            for (int64_t k = 0; k < kc; k++) dst[k * MR] = a[i * g->rsa + k];
+        }
+    } else { /* columns of A contiguous (Aᵀ given): PACK_GROUP rows (whole cache lines) of each column at a time */
+        for (int64_t p0 = 0; p0 < mc; p0 += PACK_GROUP)
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t p = p0; p < cllm_min(mc, p0 + PACK_GROUP); p += MR) {
+                    float *dst = Ap + p * kc + k * MR;
+                    const float *src = a + p * g->rsa + k * g->csa;
+                    int64_t rows = cllm_min(MR, mc - p);
+                    if (g->rsa == 1 && rows == MR) memcpy(dst, src, MR * sizeof(float)); /* a fixed-size vector copy */
+                    else
+                        for (int64_t r = 0; r < rows; r++) dst[r] = src[r * g->rsa];
+                }
+    }
+    int64_t padded = cllm_round_up(mc, MR);
+    for (int64_t i = mc; i < padded; i++)
+        for (int64_t k = 0; k < kc; k++) Ap[(i / MR) * MR * kc + k * MR + i % MR] = 0.0f;
+}
+
+/* Bp[nc/NR][kc][NR] <- B[k0 : k0+kc, j0 : j0+nc], columns past nc zero-padded. */
+static void pack_B(const gemm_t *g, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float *Bp)
+{
+    for (int64_t p = 0; p < nc; p += NR, Bp += NR * kc) {
+        int64_t cols = cllm_min(NR, nc - p);
+        const float *b = g->B + k0 * g->rsb + (j0 + p) * g->csb;
+        if (g->csb == 1) {
+            for (int64_t k = 0; k < kc; k++) {
+                if (cols == NR) {
+                    memcpy(Bp + k * NR, b + k * g->rsb, NR * sizeof(float));
+                } else {
+                    memcpy(Bp + k * NR, b + k * g->rsb, (size_t)cols * sizeof(float));
+                    for (int64_t c = cols; c < NR; c++) Bp[k * NR + c] = 0.0f;
+                }
+            }
+        } else {
+            for (int64_t c = 0; c < cols; c++)
+                for (int64_t k = 0; k < kc; k++) Bp[k * NR + c] = b[c * g->csb + k * g->rsb];
+            for (int64_t c = cols; c < NR; c++)
+                for (int64_t k = 0; k < kc; k++) Bp[k * NR + c] = 0.0f;
+        }
+    }
+}
+
+/* C[MR,NR] (mode)= Ap[kc][MR] · Bp[kc][NR]: the only place where the flops are. */
+static void micro_kernel(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
+                         int64_t ldc, enum store_mode mode, const float *restrict bias)
+{
+    vec acc[MR][NV];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NV; j++) acc[i][j] = vzero();
+    for (int64_t k = 0; k < kc; k++, Ap += MR, Bp += NR) {
+        vec b[NV];
+        for (int j = 0; j < NV; j++) b[j] = vload(Bp + j * VW);
+        for (int i = 0; i < MR; i++) {
+            vec a = vset1(Ap[i]);
+            for (int j = 0; j < NV; j++) acc[i][j] = vfmadd(a, b[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++) {
+        float *c = C + i * ldc;
+        for (int j = 0; j < NV; j++) {
+            vec v = acc[i][j];
+            if (mode == ACCUMULATE) v = vadd(vloadu(c + j * VW), v);
+            else if (mode == ADD_BIAS) v = vadd(v, vloadu(bias + j * VW));
+            vstoreu(c + j * VW, v);
+        }
+    }
+}
+
+/* A ragged tile (rows < MR or cols < NR): the same kernel into a scratch tile, then the same single add. */
+static void edge_kernel(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t rows,
+                        int64_t cols, enum store_mode mode, const float *bias)
+{
+    _Alignas(CLLM_ALIGN) float tile[MR * NR];
+    micro_kernel(kc, Ap, Bp, tile, NR, STORE, NULL);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            float v = tile[i * NR + j];
+            if (mode == ACCUMULATE) v = C[i * ldc + j] + v;
+            else if (mode == ADD_BIAS) v = v + bias[j];
+            C[i * ldc + j] = v;
+        }
+}
+
+/* Work item `item` of g: a band of rows × NC columns of C, over the whole K range. Each packed B block is used by
+ * every MC-row block of the band; Ap, Bp are the calling thread's packing buffers. */
+static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
+{
+    int64_t i0 = (item % g->bands) * g->band, j0 = (item / g->bands) * g->nc;
+    int64_t mb = cllm_min(g->band, g->M - i0), nc = cllm_min(g->nc, g->N - j0);
+    if (g->K == 0 && !g->accumulate) { /* an empty sum: C = bias or 0 */
+        for (int64_t i = 0; i < mb; i++)
+            for (int64_t j = 0; j < nc; j++) g->C[(i0 + i) * g->ldc + j0 + j] = g->bias ? g->bias[j0 + j] : 0.0f;
+    }
+    for (int64_t k0 = 0; k0 < g->K; k0 += KC) {
+        int64_t kc = cllm_min(KC, g->K - k0);
+        enum store_mode mode = (k0 > 0 || g->accumulate) ? ACCUMULATE : (g->bias ? ADD_BIAS : STORE);
+        pack_B(g, k0, kc, j0, nc, Bp);
+        for (int64_t ic = i0; ic < i0 + mb; ic += MC) {
+            int64_t mc = cllm_min(MC, i0 + mb - ic);
+            pack_A(g, ic, mc, k0, kc, Ap);
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    float *c = g->C + (ic + ir) * g->ldc + j0 + jr;
+                    const float *bias = g->bias ? g->bias + j0 + jr : NULL;
+                    const float *a = Ap + ir * kc, *b = Bp + jr * kc;
+                    int64_t rows = cllm_min(MR, mc - ir), cols = cllm_min(NR, nc - jr);
+                    if (rows == MR && cols == NR) micro_kernel(kc, a, b, c, g->ldc, mode, bias);
+                    else edge_kernel(kc, a, b, c, g->ldc, rows, cols, mode, bias);
+                }
+            }
+        }
+    }
+}
+
+/* Split C into bands of rows × NC-column blocks: as few as give each thread a couple of items (fewer items means
+ * fewer repacks of B), NC as wide as L2 allows. */
+static void plan_items(gemm_t *g, int64_t min_items)
+{
+    if (g->M == 0 || g->N == 0) {
+        g->bands = g->tiles_n = 0;
+        return;
+    }
+    g->tiles_n = cllm_ceil_div(g->N, NC_MAX);
+    g->bands = cllm_min(cllm_ceil_div(min_items, g->tiles_n), cllm_ceil_div(g->M, MR));
+    while (g->bands * g->tiles_n < min_items && cllm_ceil_div(g->N, g->tiles_n) > NR) g->tiles_n *= 2;
+    g->band = cllm_round_up(cllm_ceil_div(g->M, g->bands), MR);
+    g->nc = cllm_round_up(cllm_ceil_div(g->N, g->tiles_n), NR);
+    g->bands = cllm_ceil_div(g->M, g->band);
+    g->tiles_n = cllm_ceil_div(g->N, g->nc);
+}
+
+/* Run several independent GEMMs as one pool of work items shared by num_threads threads. */
+static int gemm_run(gemm_t *gs, int n, int num_threads)
+{
+    int64_t total = 0, *first = malloc(sizeof(int64_t) * (n + 1));
+    if (!first) return CLLM_ENOMEM;
+    /* Work items per problem in proportion to its flops: one thread wants the fewest, several want ~4 each
+     * so that dynamic scheduling can even out uneven items. */
+    double flops = 0.0, target = num_threads > 1 ? 4.0 * num_threads : 1.0;
+    for (int p = 0; p < n; p++) flops += (double)gs[p].M * gs[p].N * (gs[p].K + 1);
+    for (int p = 0; p < n; p++) {
+        double share = flops > 0 ? (double)gs[p].M * gs[p].N * (gs[p].K + 1) / flops : 1.0;
+        plan_items(&gs[p], (int64_t)(target * share + 0.999));
+        first[p] = total;
+        total += gs[p].bands * gs[p].tiles_n;
+    }
+    first[n] = total;
+    int failed = 0;
+    int nt = (int)cllm_max(1, cllm_min(num_threads, total));
+#pragma omp parallel num_threads(nt) if (total > 0)
+    {
+        float *Ap = cllm_alloc(sizeof(float) * MC * KC);
+        float *Bp = cllm_alloc(sizeof(float) * KC * NC_MAX);
+        if (!Ap || !Bp) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < total; t++) {
+            if (!Ap || !Bp) continue;
+            int p = 0;
+            while (t >= first[p + 1]) p++;
+            gemm_item(&gs[p], t - first[p], Ap, Bp);
+        }
+        cllm_free(Ap);
+        cllm_free(Bp);
+    }
+    free(first);
+    return failed ? CLLM_ENOMEM : 0;
+}
+
+int ISA_FN(cllm_linear_forward)(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
+                                int64_t N, int num_threads)
+{
+    gemm_t g = {.M = M, .N = N, .K = K, .A = x, .rsa = K, .csa = 1, .B = w, .rsb = 1, .csb = K,
+                .C = y, .ldc = N, .bias = b};
+    return gemm_run(&g, 1, num_threads);
+}
+
+/* db[N] (+)= Σ_m dy[m,:], in DB_CHUNK_ROWS row chunks added up the sphere tree. */
+static int bias_backward(const float *dy, float *db, int64_t M, int64_t N, int accumulate, int num_threads)
+{
+    int64_t chunks = cllm_max(1, cllm_ceil_div(M, DB_CHUNK_ROWS));
+    float *partials = cllm_alloc(sizeof(float) * chunks * N);
+    if (!partials) return CLLM_ENOMEM;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        float *s = partials + c * N;
+        for (int64_t j = 0; j < N; j++) s[j] = 0.0f;
+        for (int64_t m = c * DB_CHUNK_ROWS; m < cllm_min(M, (c + 1) * DB_CHUNK_ROWS); m++)
+            for (int64_t j = 0; j < N; j++) s[j] += dy[m * N + j];
+    }
+    cllm_tree_reduce(partials, chunks, N, db, accumulate, num_threads);
+    cllm_free(partials);
+    return 0;
+}
+
+int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
+                                 int64_t M, int64_t K, int64_t N, int accumulate, int num_threads)
+{
+    /* dw's M sum: chunks of at least DW_CHUNK_ROWS rows, as many as the scratch cap allows. */
+    int64_t chunks = cllm_max(1, cllm_ceil_div(M, DW_CHUNK_ROWS));
+    chunks = cllm_min(chunks, cllm_max(1, DW_SCRATCH_FLOATS / cllm_max(1, N * K)));
+    int64_t rows = cllm_ceil_div(M, chunks);
+    chunks = M > 0 ? cllm_ceil_div(M, rows) : 1;
+    float *partials = NULL;
+    gemm_t *gs = malloc(sizeof(gemm_t) * (size_t)(1 + chunks));
+    if (!gs || (dw && chunks > 1 && !(partials = cllm_alloc(sizeof(float) * chunks * N * K)))) {
+        free(gs);
+        return CLLM_ENOMEM;
+    }
+    int n = 0;
+    if (dx) /* dx[M,K] = dy[M,N] · w[N,K] */
+        gs[n++] = (gemm_t){.M = M, .N = K, .K = N, .A = dy, .rsa = N, .csa = 1, .B = w, .rsb = K, .csb = 1,
+                           .C = dx, .ldc = K};
+    for (int64_t c = 0; dw && c < chunks; c++) { /* dw[N,K] (+)= dy[rows,N]ᵀ · x[rows,K] per chunk */
+        int64_t m0 = c * rows, mrows = cllm_min(rows, M - m0);
+        gs[n++] = (gemm_t){.M = N, .N = K, .K = mrows, .A = dy + m0 * N, .rsa = 1, .csa = N,
+                           .B = x + m0 * K, .rsb = K, .csb = 1,
+                           .C = partials ? partials + c * N * K : dw, .ldc = K,
+                           .accumulate = partials ? 0 : accumulate};
+    }
+    int err = n ? gemm_run(gs, n, num_threads) : 0;
+    if (!err && partials) cllm_tree_reduce(partials, chunks, N * K, dw, accumulate, num_threads);
+    cllm_free(partials);
+    free(gs);
+    if (!err && db) err = bias_backward(dy, db, M, N, accumulate, num_threads);
+    return err;
+}

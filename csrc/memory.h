@@ -1,0 +1,41 @@
+/* 64-byte aligned scratch memory for packed panels and partial sums. */
+#ifndef CLLM_MEMORY_H
+#define CLLM_MEMORY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define CLLM_ALIGN 64
+
+#if defined(_MSC_VER) && !defined(__cplusplus)
+#define restrict __restrict
+#endif
+
+static inline void *cllm_alloc(size_t bytes)
+{
+    if (bytes == 0) bytes = CLLM_ALIGN;
+    bytes = (bytes + CLLM_ALIGN - 1) / CLLM_ALIGN * CLLM_ALIGN;
+#if defined(_MSC_VER)
+    return _aligned_malloc(bytes, CLLM_ALIGN);
+#else
+    void *p = NULL;
+    return posix_memalign(&p, CLLM_ALIGN, bytes) == 0 ? p : NULL;
+#endif
+}
+
+static inline void cllm_free(void *p)
+{
+#if defined(_MSC_VER)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+static inline int64_t cllm_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t cllm_round_up(int64_t a, int64_t b) { return cllm_ceil_div(a, b) * b; }
+static inline int64_t cllm_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t cllm_max(int64_t a, int64_t b) { return a > b ? a : b; }
+
+#endif
