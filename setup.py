@@ -26,7 +26,9 @@ try:  # setuptools >= 65 vendors distutils; older ones use the stdlib's
 except ImportError:  # pragma: no cover
     from distutils.errors import CompileError, LinkError
 
-ISA_SOURCES = ["csrc/matmul.c"]  # hot kernels, one copy per instruction set
+# the kernels, one copy per instruction set
+ISA_SOURCES = ["csrc/" + f for f in ("matmul.c", "embedding.c", "layernorm.c", "attention.c", "gelu.c",
+                                     "crossentropy.c", "adamw.c")]
 KERNEL_SOURCES = ["cllm/_core/_kernels.pyx", "csrc/dispatch.c", "csrc/threads.c"]
 DEPENDS = sorted(glob("csrc/**/*.[ch]", recursive=True) + glob("csrc/**/*.hpp", recursive=True))
 

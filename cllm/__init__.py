@@ -3,9 +3,12 @@
 The public API, re-exported (ARCHITECTURE.md "Contract"); each name lives in the module of its concern.
 """
 
-from . import kernels
+from . import kernels, optim
 from ._version import __version__
+from .config import ModelConfig
+from .model import Model
 from .system import show_config
 from .threads import get_num_threads, set_num_threads, threads
 
-__all__ = ["__version__", "get_num_threads", "kernels", "set_num_threads", "show_config", "threads"]
+__all__ = ["Model", "ModelConfig", "__version__", "get_num_threads", "kernels", "optim", "set_num_threads",
+           "show_config", "threads"]

@@ -13,7 +13,9 @@ import numpy as np
 from ._core import _kernels
 from .threads import resolve_num_threads
 
-__all__ = ["get_isa", "linear_backward", "linear_forward", "set_isa", "tree_reduce"]
+__all__ = ["adamw_step", "attention_backward", "attention_forward", "crossentropy", "embedding_backward",
+           "embedding_forward", "gelu_backward", "gelu_forward", "get_isa", "layernorm_backward", "layernorm_forward",
+           "linear_backward", "linear_forward", "residual_forward", "set_isa", "sum_squares", "tree_reduce"]
 
 
 def get_isa() -> str:
@@ -36,11 +38,11 @@ def _describe(a) -> str:
     return f"{a.dtype} {list(a.shape)}{layout}"
 
 
-def _check(fn: str, name: str, a, expected: tuple, *, writeable: bool = False) -> np.ndarray:
-    """a must be a C-contiguous float32 ndarray whose shape matches expected (ints, or None for 'any')."""
+def _check(fn: str, name: str, a, expected: tuple, *, writeable: bool = False, dtype=np.float32) -> np.ndarray:
+    """a must be a C-contiguous ndarray of dtype whose shape matches expected (ints, or None for 'any')."""
     dims = ", ".join("?" if d is None else str(d) for d in expected)
-    want = f"{fn}: {name} must be float32 C-contiguous [{dims}]"
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+    want = f"{fn}: {name} must be {np.dtype(dtype).name} C-contiguous [{dims}]"
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
         raise TypeError(f"{want} (got {_describe(a)})")
     shape_ok = a.ndim == len(expected) and all(d is None or d == s for d, s in zip(expected, a.shape))
     if not shape_ok or not a.flags.c_contiguous:
@@ -55,6 +57,10 @@ def _check_out(fn: str, name: str, out, shape: tuple, inputs: tuple) -> np.ndarr
     if out is None:
         return np.empty(shape, dtype=np.float32)
     _check(fn, name, out, shape, writeable=True)
+    return _no_overlap(fn, name, out, inputs)
+
+
+def _no_overlap(fn: str, name: str, out, inputs: tuple) -> np.ndarray:
     if any(a is not None and np.may_share_memory(out, a) for a in inputs):
         raise ValueError(f"{fn}: {name} must not overlap an input array")
     return out
@@ -79,13 +85,13 @@ def linear_forward(x, w, b=None, *, out=None, num_threads=None) -> np.ndarray:
     return y
 
 
-def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, accumulate=False, num_threads=None):
+def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, bias=True, accumulate=False, num_threads=None):
     """Gradients of y = x · wᵀ + b:  dx = dy · w [M, K],  dw = dyᵀ · x [N, K],  db = Σ_m dy [N].
 
-    dy [M, N], x [M, K], w [N, K]. Returns (dx, dw, db). dx, dw, db may be given as output buffers; with
-    ``accumulate=True`` the gradients are added to dw and db (which must then be given), as when several
-    micro-batches add up into one gradient. The sums over M are cut into fixed row chunks reduced up the sphere
-    tree, so the bits do not depend on num_threads.
+    dy [M, N], x [M, K], w [N, K]. Returns (dx, dw, db); db is None with ``bias=False`` (a layer without bias).
+    dx, dw, db may be given as output buffers; with ``accumulate=True`` the gradients are added to dw and db
+    (which must then be given), as when several micro-batches add up into one gradient. The sums over M are cut
+    into fixed row chunks reduced up the sphere tree, so the bits do not depend on num_threads.
     """
     fn = "linear_backward"
     _check(fn, "w", w, (None, None))
@@ -93,21 +99,23 @@ def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, accumulate=False, nu
     _check(fn, "x", x, (None, K))
     M = x.shape[0]
     _check(fn, "dy", dy, (M, N))
-    if accumulate and (dw is None or db is None):
+    if accumulate and (dw is None or (bias and db is None)):
         raise ValueError(f"{fn}: accumulate=True needs the dw and db arrays to add to")
     nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
     inputs = (dy, x, w)
     dx = _check_out(fn, "dx", dx, (M, K), inputs)
     dw = _check_out(fn, "dw", dw, (N, K), inputs + (dx,))
-    db = _check_out(fn, "db", db, (N,), inputs + (dx, dw))
+    db = _check_out(fn, "db", db, (N,), inputs + (dx, dw)) if bias else None
     if M and N and K:
         _kernels.linear_backward(dy, x, w, dx, dw, db, bool(accumulate), nt)
     else:  # an empty dimension: dx and dw are empty sums, db still sums dy's rows
         dx[...] = 0.0
         if not accumulate:
             dw[...] = 0.0
-            db[...] = 0.0
-        db += dy.sum(axis=0, dtype=np.float32)
+        if db is not None:
+            if not accumulate:
+                db[...] = 0.0
+            db += dy.sum(axis=0, dtype=np.float32)
     return dx, dw, db
 
 
@@ -124,3 +132,214 @@ def tree_reduce(partials, *, num_threads=None) -> np.ndarray:
     if n and length:
         _kernels.tree_reduce(partials.copy(), out, False, nt)
     return out
+
+
+# --- the model's layers (csrc/cllm.h): the backward functions add into the gradients they are given ---------
+
+def _check_ids(fn: str, name: str, ids, shape: tuple, vocab_size: int, allow_ignore: bool = False) -> np.ndarray:
+    """int32 C-contiguous ids in [0, vocab_size) (or -1 where allow_ignore), else ValueError naming a position."""
+    _check(fn, name, ids, shape, dtype=np.int32)
+    low = -1 if allow_ignore else 0
+    bad = (ids < low) | (ids >= vocab_size)
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        allowed = f"-1 or [0, {vocab_size})" if allow_ignore else f"[0, {vocab_size})"
+        raise ValueError(f"{fn}: {name}{list(pos)} = {int(ids[pos])} is outside {allowed}")
+    return ids
+
+
+def embedding_forward(idx, wte, wpe, *, out=None, num_threads=None) -> np.ndarray:
+    """out[b,t] = wte[idx[b,t]] + wpe[t].   idx [B, T] int32 in [0, V), wte [V, C], wpe [>=T, C] -> [B, T, C]."""
+    fn = "embedding_forward"
+    _check(fn, "wte", wte, (None, None))
+    V, C = wte.shape
+    _check(fn, "idx", idx, (None, None), dtype=np.int32)
+    B, T = idx.shape
+    _check(fn, "wpe", wpe, (None, C))
+    if wpe.shape[0] < T:
+        raise ValueError(f"{fn}: idx has {T} positions but wpe only {wpe.shape[0]}")
+    _check_ids(fn, "idx", idx, (B, T), V)
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    out = _check_out(fn, "out", out, (B, T, C), (wte, wpe))
+    if out.size:
+        _kernels.embedding_forward(idx, wte, wpe, out, nt)
+    return out
+
+
+def embedding_backward(dout, idx, dwte, dwpe, *, num_threads=None) -> None:
+    """dwte[idx[b,t]] += dout[b,t];  dwpe[t] += Σ_b dout[b,t].   dout [B, T, C], idx [B, T], dwte [V, C]."""
+    fn = "embedding_backward"
+    _check(fn, "dwte", dwte, (None, None), writeable=True)
+    V, C = dwte.shape
+    _check(fn, "idx", idx, (None, None), dtype=np.int32)
+    B, T = idx.shape
+    _check(fn, "dout", dout, (B, T, C))
+    _check(fn, "dwpe", dwpe, (None, C), writeable=True)
+    if dwpe.shape[0] < T:
+        raise ValueError(f"{fn}: idx has {T} positions but dwpe only {dwpe.shape[0]}")
+    _check_ids(fn, "idx", idx, (B, T), V)
+    _no_overlap(fn, "dwte", dwte, (dout, dwpe))
+    if dout.size:
+        _kernels.embedding_backward(dout, idx, dwte, dwpe, resolve_num_threads(num_threads, f"{fn}: num_threads"))
+
+
+def layernorm_forward(x, w, b, *, out=None, mean=None, rstd=None, num_threads=None):
+    """LayerNorm of each row (eps 1e-5).   x [N, C], w, b [C] -> (out [N, C], mean [N], rstd [N])."""
+    fn = "layernorm_forward"
+    _check(fn, "x", x, (None, None))
+    N, C = x.shape
+    _check(fn, "w", w, (C,))
+    _check(fn, "b", b, (C,))
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    out = _check_out(fn, "out", out, (N, C), (x, w, b))
+    mean = _check_out(fn, "mean", mean, (N,), (x, w, b, out))
+    rstd = _check_out(fn, "rstd", rstd, (N,), (x, w, b, out, mean))
+    if out.size:
+        _kernels.layernorm_forward(x, w, b, out, mean, rstd, nt)
+    return out, mean, rstd
+
+
+def layernorm_backward(dout, x, w, mean, rstd, dx, dw, db, *, num_threads=None) -> None:
+    """dx [N, C], dw [C], db [C] += the gradients of layernorm_forward given dout [N, C]."""
+    fn = "layernorm_backward"
+    _check(fn, "x", x, (None, None))
+    N, C = x.shape
+    for name, a, shape in (("dout", dout, (N, C)), ("w", w, (C,)), ("mean", mean, (N,)), ("rstd", rstd, (N,))):
+        _check(fn, name, a, shape)
+    for name, a, shape in (("dx", dx, (N, C)), ("dw", dw, (C,)), ("db", db, (C,))):
+        _check(fn, name, a, shape, writeable=True)
+        _no_overlap(fn, name, a, (x, w, mean, rstd))
+    if x.size:
+        _kernels.layernorm_backward(dout, x, w, mean, rstd, dx, dw, db,
+                                    resolve_num_threads(num_threads, f"{fn}: num_threads"))
+
+
+def _check_heads(fn: str, C: int, n_heads) -> int:
+    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1 or C % n_heads:
+        raise ValueError(f"{fn}: n_heads must be a positive divisor of C = {C} (got {n_heads!r})")
+    return int(n_heads)
+
+
+def attention_forward(qkv, n_heads, *, out=None, lse=None, num_threads=None):
+    """Causal multi-head attention.   qkv [B, T, 3C] (q, k, v; heads contiguous) -> (out [B, T, C],
+    lse [B, NH, T]: each softmax row's log-sum-exp, which attention_backward needs)."""
+    fn = "attention_forward"
+    _check(fn, "qkv", qkv, (None, None, None))
+    B, T, C3 = qkv.shape
+    if C3 % 3:
+        raise ValueError(f"{fn}: qkv's last dimension must be 3·C (got {C3})")
+    C = C3 // 3
+    NH = _check_heads(fn, C, n_heads)
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    out = _check_out(fn, "out", out, (B, T, C), (qkv,))
+    lse = _check_out(fn, "lse", lse, (B, NH, T), (qkv, out))
+    if out.size:
+        _kernels.attention_forward(qkv, out, lse, nt)
+    return out, lse
+
+
+def attention_backward(dout, qkv, out, lse, *, dqkv=None, num_threads=None) -> np.ndarray:
+    """The gradient wrt qkv [B, T, 3C] (overwritten) of attention_forward, given dout [B, T, C]."""
+    fn = "attention_backward"
+    _check(fn, "qkv", qkv, (None, None, None))
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    _check(fn, "lse", lse, (B, None, T))
+    NH = _check_heads(fn, C, lse.shape[1])
+    _check(fn, "dout", dout, (B, T, C))
+    _check(fn, "out", out, (B, T, C))
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    dqkv = _check_out(fn, "dqkv", dqkv, (B, T, C3), (dout, qkv, out, lse))
+    if dqkv.size:
+        _kernels.attention_backward(dout, qkv, out, lse, dqkv, nt)
+    return dqkv
+
+
+def _flat(fn: str, name: str, a) -> np.ndarray:
+    """A float32 C-contiguous array of any shape, seen as 1-D."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise TypeError(f"{fn}: {name} must be float32 C-contiguous (got {_describe(a)})")
+    return a.reshape(-1)
+
+
+def gelu_forward(x, *, out=None, num_threads=None) -> np.ndarray:
+    """GELU, tanh approximation, elementwise (any shape)."""
+    fn = "gelu_forward"
+    xf = _flat(fn, "x", x)
+    out = _check_out(fn, "out", out, x.shape, () if out is x else (x,))
+    if xf.size:
+        _kernels.gelu_forward(xf, out.reshape(-1), resolve_num_threads(num_threads, f"{fn}: num_threads"))
+    return out
+
+
+def gelu_backward(x, dout, *, dx=None, num_threads=None) -> np.ndarray:
+    """dx = dout · gelu'(x) (dx may be dout)."""
+    fn = "gelu_backward"
+    xf = _flat(fn, "x", x)
+    _check(fn, "dout", dout, x.shape)
+    dx = _check_out(fn, "dx", dx, x.shape, (x,))
+    if xf.size:
+        _kernels.gelu_backward(xf, dout.reshape(-1), dx.reshape(-1),
+                               resolve_num_threads(num_threads, f"{fn}: num_threads"))
+    return dx
+
+
+def residual_forward(a, b, *, out=None, num_threads=None) -> np.ndarray:
+    """out = a + b (same shape; out may be a or b)."""
+    fn = "residual_forward"
+    af = _flat(fn, "a", a)
+    _check(fn, "b", b, a.shape)
+    if out is None:
+        out = np.empty_like(a)
+    _check(fn, "out", out, a.shape, writeable=True)
+    if af.size:
+        _kernels.residual_forward(af, b.reshape(-1), out.reshape(-1),
+                                  resolve_num_threads(num_threads, f"{fn}: num_threads"))
+    return out
+
+
+def crossentropy(logits, targets, *, scale=1.0, write_grad=True, losses=None, num_threads=None) -> np.ndarray:
+    """Fused softmax + cross-entropy.   logits [N, V], targets [N] int32 in [0, V) or -1 (ignored) ->
+    losses [N] (0 where ignored). With write_grad, logits is overwritten by (softmax - onehot)·scale."""
+    fn = "crossentropy"
+    _check(fn, "logits", logits, (None, None), writeable=write_grad)
+    N, V = logits.shape
+    _check_ids(fn, "targets", targets, (N,), V, allow_ignore=True)
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    losses = _check_out(fn, "losses", losses, (N,), (logits, targets))
+    if N and V:
+        _kernels.crossentropy_forward_backward(logits, targets, losses, float(scale), bool(write_grad), nt)
+    else:
+        losses[...] = 0.0
+    return losses
+
+
+def sum_squares(x, *, num_threads=None) -> float:
+    """Σ x² over all elements, in double, in an order that does not depend on num_threads."""
+    xf = _flat("sum_squares", "x", x)
+    return _kernels.sum_squares(xf, resolve_num_threads(num_threads, "sum_squares: num_threads")) if xf.size else 0.0
+
+
+def adamw_step(p, g, m, v, seg_start, decay, *, lr, beta1, beta2, eps, weight_decay, step, grad_scale=1.0,
+               num_threads=None) -> None:
+    """One AdamW step (PyTorch's formula) over flat float32 buffers p, g, m, v [n], in place.
+
+    Segment s = [seg_start[s], seg_start[s+1]) is weight-decayed iff decay[s]; step (>= 1) sets the bias
+    corrections; g is multiplied by grad_scale first (gradient clipping).
+    """
+    fn = "adamw_step"
+    _check(fn, "p", p, (None,), writeable=True)
+    n = p.shape[0]
+    _check(fn, "g", g, (n,))
+    for name, a in (("m", m), ("v", v)):
+        _check(fn, name, a, (n,), writeable=True)
+    _check(fn, "decay", decay, (None,), dtype=np.uint8)
+    _check(fn, "seg_start", seg_start, (decay.shape[0] + 1,), dtype=np.int64)
+    if seg_start[0] != 0 or seg_start[-1] != n or np.any(np.diff(seg_start) < 0):
+        raise ValueError(f"{fn}: seg_start must rise from 0 to n = {n}")
+    if step < 1:
+        raise ValueError(f"{fn}: step must be >= 1 (got {step})")
+    bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+    if n:
+        _kernels.adamw_step(p, g, m, v, seg_start, decay, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale,
+                            resolve_num_threads(num_threads, f"{fn}: num_threads"))

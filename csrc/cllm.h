@@ -35,6 +35,8 @@ int cllm_set_isa(const char *name); /* choose a path ("auto" = best supported); 
  * n: for p from the last internal node down to 0, for each child c = 12p+1 .. 12p+12 (< n): partial[p] += partial[c].
  * Parallel over element ranges, so every thread count gives the same bits. partials[n, len], out[len]. */
 void cllm_tree_reduce(float *partials, int64_t n, int64_t len, float *out, int accumulate, int num_threads);
+/* The same order for n double scalars: returns their sum; partials[n] is overwritten. */
+double cllm_tree_sum_f64(double *partials, int64_t n);
 
 /* ---- linear layers (matmul.c) ---- */
 /* y = x · wᵀ + b.   x is (M,K), w is (N,K) (PyTorch nn.Linear layout), b is (N) or NULL, y is (M,N). */
@@ -48,6 +50,57 @@ int cllm_linear_forward(const float *x, const float *w, const float *b, float *y
  * The sums over M are cut into fixed row chunks (a function of M, N, K only) reduced up the sphere tree. */
 int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
                          int64_t M, int64_t K, int64_t N, int accumulate, int num_threads);
+
+/* ---- the GPT layers: one forward/backward pair per file, backward gradients added (+=) unless noted ---- */
+/* embedding.c: out[b,t,:] = wte[idx[b,t],:] + wpe[t,:].   idx is (B,T) int32 in [0,V), wte is (V,C),
+ * wpe is (>=T,C), out is (B,T,C). */
+int cllm_embedding_forward(const int32_t *idx, const float *wte, const float *wpe, float *out, int64_t B, int64_t T,
+                           int64_t C, int num_threads);
+/* dwte[idx[b,t],:] += dout[b,t,:] and dwpe[t,:] += Σ_b dout[b,t,:], each sum in (b,t) order: threads split the
+ * channels, so there are no races and no order that depends on them. */
+int cllm_embedding_backward(const float *dout, const int32_t *idx, float *dwte, float *dwpe, int64_t B, int64_t T,
+                            int64_t C, int num_threads);
+
+/* layernorm.c: out = (x - mean)·rstd·w + b per row, eps 1e-5.   x, out are (N,C); w, b are (C);
+ * mean, rstd are (N), saved for the backward. */
+int cllm_layernorm_forward(const float *x, const float *w, const float *b, float *out, float *mean, float *rstd,
+                           int64_t N, int64_t C, int num_threads);
+/* dx (N,C) +=; dw, db (C) += their sums over rows (fixed row chunks up the sphere tree). */
+int cllm_layernorm_backward(const float *dout, const float *x, const float *w, const float *mean,
+                            const float *rstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
+                            int num_threads);
+
+/* attention.c: causal multi-head self-attention, blocked with an online softmax (no T×T matrix).
+ * qkv is (B,T,3C): q, k, v in that order, head h at columns h·hs .. h·hs+hs of each (hs = C/NH);
+ * out is (B,T,C); lse is (B,NH,T): each softmax row's log-sum-exp, saved for the backward. */
+int cllm_attention_forward(const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C, int64_t NH,
+                           int num_threads);
+/* dqkv (B,T,3C) = the gradient through attention of dout (B,T,C) (overwritten, not added); the backward
+ * recomputes the scores from qkv and lse. One thread per (b, head): no races, a fixed order. */
+int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse, float *dqkv,
+                            int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads);
+
+/* gelu.c: out = x·Φ(x) with GELU's tanh approximation, and the residual add.   x, out are (n). */
+int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads);
+/* dx = dout · gelu'(x) (overwritten; dx may be dout). */
+int cllm_gelu_backward(const float *x, const float *dout, float *dx, int64_t n, int num_threads);
+/* out = a + b.   (n); out may be a or b. The backward is the identity: the model adds gradients in place. */
+int cllm_residual_forward(const float *a, const float *b, float *out, int64_t n, int num_threads);
+
+/* crossentropy.c: fused softmax + cross-entropy.   logits is (N,V), targets (N) int32 in [0,V) or -1 (ignored).
+ * losses[n] = logsumexp(logits[n]) - logits[n,target] (0 for ignored rows); with write_grad, logits is overwritten
+ * by its gradient (softmax - onehot(target))·scale (0 for ignored rows). */
+int cllm_crossentropy_forward_backward(float *logits, const int32_t *targets, float *losses, int64_t N, int64_t V,
+                                       float scale, int write_grad, int num_threads);
+
+/* adamw.c: *out = Σ x² over x (n), in double, fixed chunks added up the sphere tree. */
+int cllm_sum_squares(const float *x, int64_t n, double *out, int num_threads);
+/* One AdamW step over flat buffers p, g, m, v (n), PyTorch's formula with g scaled by grad_scale (clipping):
+ *   m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²;  p -= lr·wd·p (decayed segments);  p -= (lr/bc1)·m/(√v/√bc2 + eps)
+ * Segment s is [seg_start[s], seg_start[s+1]) (seg_start has nseg+1 entries); decay[s] says if it is decayed. */
+int cllm_adamw_step(float *p, const float *g, float *m, float *v, int64_t n, const int64_t *seg_start,
+                    const uint8_t *decay, int64_t nseg, float lr, float beta1, float beta2, float eps,
+                    float weight_decay, float bc1, float bc2, float grad_scale, int num_threads);
 
 #ifdef __cplusplus
 }

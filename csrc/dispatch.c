@@ -9,22 +9,31 @@
 #include "cllm.h"
 #include "dispatch.h"
 
-CLLM_DECLARE_ISA(baseline)
+#define CLLM_ISA_NAME(name) cllm_##name##_baseline
+CLLM_ISA_KERNELS(CLLM_DECLARE)
+static const cllm_kernel_table baseline_table = {"baseline", CLLM_ISA_KERNELS(CLLM_ENTRY)};
+#undef CLLM_ISA_NAME
 #ifdef CLLM_HAVE_AVX2
-CLLM_DECLARE_ISA(avx2)
+#define CLLM_ISA_NAME(name) cllm_##name##_avx2
+CLLM_ISA_KERNELS(CLLM_DECLARE)
+static const cllm_kernel_table avx2_table = {"avx2", CLLM_ISA_KERNELS(CLLM_ENTRY)};
+#undef CLLM_ISA_NAME
 #endif
 #ifdef CLLM_HAVE_AVX512
-CLLM_DECLARE_ISA(avx512)
+#define CLLM_ISA_NAME(name) cllm_##name##_avx512
+CLLM_ISA_KERNELS(CLLM_DECLARE)
+static const cllm_kernel_table avx512_table = {"avx512", CLLM_ISA_KERNELS(CLLM_ENTRY)};
+#undef CLLM_ISA_NAME
 #endif
 
 /* Ordered from most portable to fastest. */
-static const cllm_kernel_table tables[] = {
-    CLLM_TABLE_ENTRY(baseline),
+static const cllm_kernel_table *const tables[] = {
+    &baseline_table,
 #ifdef CLLM_HAVE_AVX2
-    CLLM_TABLE_ENTRY(avx2),
+    &avx2_table,
 #endif
 #ifdef CLLM_HAVE_AVX512
-    CLLM_TABLE_ENTRY(avx512),
+    &avx512_table,
 #endif
 };
 #define N_TABLES ((int)(sizeof(tables) / sizeof(tables[0])))
@@ -68,10 +77,10 @@ static const cllm_kernel_table *best_table(void)
     const char *forced = getenv("CLLM_ISA");
     if (forced && *forced && strcmp(forced, "auto") != 0)
         for (int i = 0; i < N_TABLES; i++)
-            if (strcmp(tables[i].name, forced) == 0 && cpu_supports(forced)) return &tables[i];
+            if (strcmp(tables[i]->name, forced) == 0 && cpu_supports(forced)) return tables[i];
     for (int i = N_TABLES - 1; i > 0; i--)
-        if (cpu_supports(tables[i].name)) return &tables[i];
-    return &tables[0];
+        if (cpu_supports(tables[i]->name)) return tables[i];
+    return tables[0];
 }
 
 static const cllm_kernel_table *table(void)
@@ -88,8 +97,8 @@ int cllm_set_isa(const char *name)
         return 0;
     }
     for (int i = 0; i < N_TABLES; i++)
-        if (strcmp(tables[i].name, name) == 0 && cpu_supports(name)) {
-            active = &tables[i];
+        if (strcmp(tables[i]->name, name) == 0 && cpu_supports(name)) {
+            active = tables[i];
             return 0;
         }
     return -1;
@@ -101,9 +110,9 @@ static void join_names(char *buf, size_t size, int supported_only)
 {
     buf[0] = '\0';
     for (int i = 0; i < N_TABLES; i++) {
-        if (supported_only && !cpu_supports(tables[i].name)) continue;
+        if (supported_only && !cpu_supports(tables[i]->name)) continue;
         if (buf[0]) strncat(buf, ",", size - strlen(buf) - 1);
-        strncat(buf, tables[i].name, size - strlen(buf) - 1);
+        strncat(buf, tables[i]->name, size - strlen(buf) - 1);
     }
 }
 
@@ -172,14 +181,7 @@ int cllm_max_threads(void)
 #endif
 }
 
-int cllm_linear_forward(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N,
-                        int num_threads)
-{
-    return table()->linear_forward(x, w, b, y, M, K, N, num_threads);
-}
-
-int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db, int64_t M,
-                         int64_t K, int64_t N, int accumulate, int num_threads)
-{
-    return table()->linear_backward(dy, x, w, dx, dw, db, M, K, N, accumulate, num_threads);
-}
+/* The public kernels of cllm.h: each calls the chosen ISA's copy. */
+#define CLLM_WRAPPER(name, params, args) \
+    int cllm_##name params { return table()->name args; }
+CLLM_ISA_KERNELS(CLLM_WRAPPER)

@@ -1,30 +1,79 @@
 /* The kernels that exist once per ISA (simd.h) and the table dispatch.c chooses among at run time.
- * To add an ISA kernel: declare it in CLLM_DECLARE_ISA, add it to cllm_kernel_table and CLLM_TABLE_ENTRY,
- * and give it a public wrapper in dispatch.c. */
+ *
+ * CLLM_ISA_KERNELS is the one list: X(name, parameters, arguments). From it come each ISA's declarations
+ * (cllm_<name>_<isa>), the table's fields and entries, and the public cllm_<name> wrappers of cllm.h.
+ * To add a kernel: declare cllm_<name> in cllm.h, add its line here, define ISA_FN(cllm_<name>) in an ISA source.
+ * Every ISA kernel returns int: 0, or CLLM_ENOMEM. */
 #ifndef CLLM_DISPATCH_H
 #define CLLM_DISPATCH_H
 
 #include <stdint.h>
 
-#define CLLM_DECLARE_ISA_(isa)                                                                                    \
-    int cllm_linear_forward_##isa(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,  \
-                                  int64_t N, int num_threads);                                                     \
-    int cllm_linear_backward_##isa(const float *dy, const float *x, const float *w, float *dx, float *dw,         \
-                                   float *db, int64_t M, int64_t K, int64_t N, int accumulate, int num_threads);
-#define CLLM_DECLARE_ISA(isa) CLLM_DECLARE_ISA_(isa)
+#define CLLM_ISA_KERNELS(X)                                                                                        \
+    X(linear_forward,                                                                                              \
+      (const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N, int num_threads), \
+      (x, w, b, y, M, K, N, num_threads))                                                                          \
+    X(linear_backward,                                                                                             \
+      (const float *dy, const float *x, const float *w, float *dx, float *dw, float *db, int64_t M, int64_t K,     \
+       int64_t N, int accumulate, int num_threads),                                                                \
+      (dy, x, w, dx, dw, db, M, K, N, accumulate, num_threads))                                                    \
+    X(embedding_forward,                                                                                           \
+      (const int32_t *idx, const float *wte, const float *wpe, float *out, int64_t B, int64_t T, int64_t C,        \
+       int num_threads),                                                                                           \
+      (idx, wte, wpe, out, B, T, C, num_threads))                                                                  \
+    X(embedding_backward,                                                                                          \
+      (const float *dout, const int32_t *idx, float *dwte, float *dwpe, int64_t B, int64_t T, int64_t C,           \
+       int num_threads),                                                                                           \
+      (dout, idx, dwte, dwpe, B, T, C, num_threads))                                                               \
+    X(layernorm_forward,                                                                                           \
+      (const float *x, const float *w, const float *b, float *out, float *mean, float *rstd, int64_t N, int64_t C, \
+       int num_threads),                                                                                           \
+      (x, w, b, out, mean, rstd, N, C, num_threads))                                                               \
+    X(layernorm_backward,                                                                                          \
+      (const float *dout, const float *x, const float *w, const float *mean, const float *rstd, float *dx,         \
+       float *dw, float *db, int64_t N, int64_t C, int num_threads),                                               \
+      (dout, x, w, mean, rstd, dx, dw, db, N, C, num_threads))                                                     \
+    X(attention_forward,                                                                                           \
+      (const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads),    \
+      (qkv, out, lse, B, T, C, NH, num_threads))                                                                   \
+    X(attention_backward,                                                                                          \
+      (const float *dout, const float *qkv, const float *out, const float *lse, float *dqkv, int64_t B, int64_t T, \
+       int64_t C, int64_t NH, int num_threads),                                                                    \
+      (dout, qkv, out, lse, dqkv, B, T, C, NH, num_threads))                                                       \
+    X(gelu_forward, (const float *x, float *out, int64_t n, int num_threads), (x, out, n, num_threads))            \
+    X(gelu_backward, (const float *x, const float *dout, float *dx, int64_t n, int num_threads),                   \
+      (x, dout, dx, n, num_threads))                                                                               \
+    X(residual_forward, (const float *a, const float *b, float *out, int64_t n, int num_threads),                  \
+      (a, b, out, n, num_threads))                                                                                 \
+    X(crossentropy_forward_backward,                                                                               \
+      (float *logits, const int32_t *targets, float *losses, int64_t N, int64_t V, float scale, int write_grad,    \
+       int num_threads),                                                                                           \
+      (logits, targets, losses, N, V, scale, write_grad, num_threads))                                             \
+    X(sum_squares, (const float *x, int64_t n, double *out, int num_threads), (x, n, out, num_threads))           \
+    X(adamw_step,                                                                                                  \
+      (float *p, const float *g, float *m, float *v, int64_t n, const int64_t *seg_start, const uint8_t *decay,    \
+       int64_t nseg, float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,       \
+       float grad_scale, int num_threads),                                                                         \
+      (p, g, m, v, n, seg_start, decay, nseg, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale,           \
+       num_threads))
+
+/* Declarations and table entries for the ISA that CLLM_ISA_NAME(name) currently names (dispatch.c redefines it
+ * once per ISA; an ISA source defines it from its own CLLM_ISA). */
+#define CLLM_DECLARE(name, params, args) int CLLM_ISA_NAME(name) params;
+#define CLLM_ENTRY(name, params, args) CLLM_ISA_NAME(name),
 
 typedef struct {
     const char *name;
-    int (*linear_forward)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t, int);
-    int (*linear_backward)(const float *, const float *, const float *, float *, float *, float *, int64_t, int64_t,
-                           int64_t, int, int);
+#define CLLM_FIELD(name, params, args) int(*name) params;
+    CLLM_ISA_KERNELS(CLLM_FIELD)
+#undef CLLM_FIELD
 } cllm_kernel_table;
 
-#define CLLM_TABLE_ENTRY(isa) {#isa, cllm_linear_forward_##isa, cllm_linear_backward_##isa}
-
-/* Each ISA source checks its definitions against these declarations. */
-#ifdef CLLM_ISA
-CLLM_DECLARE_ISA(CLLM_ISA)
+#ifdef CLLM_ISA /* in an ISA source: check its definitions against the list */
+#include "simd.h"
+#define CLLM_ISA_NAME(name) ISA_FN(cllm_##name)
+CLLM_ISA_KERNELS(CLLM_DECLARE)
+#undef CLLM_ISA_NAME
 #endif
 
 #endif

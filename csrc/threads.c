@@ -35,3 +35,12 @@ void cllm_tree_reduce(float *partials, int64_t n, int64_t len, float *out, int a
             memcpy(out + e0, partials + e0, sizeof(float) * (size_t)(e1 - e0));
     }
 }
+
+double cllm_tree_sum_f64(double *partials, int64_t n)
+{
+    if (n <= 0) return 0.0;
+    for (int64_t p = (n - 2) / CLLM_SPHERE_FANOUT; n >= 2 && p >= 0; p--)
+        for (int64_t c = CLLM_SPHERE_FANOUT * p + 1; c <= CLLM_SPHERE_FANOUT * p + CLLM_SPHERE_FANOUT && c < n; c++)
+            partials[p] += partials[c];
+    return partials[0];
+}

@@ -2,7 +2,7 @@
 """Raw bindings to the C kernels in csrc/: no validation here (cllm.kernels does it), the GIL released around
 every kernel, num_threads passed through to OpenMP per call."""
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
 cdef extern from "cllm.h" nogil:
@@ -21,6 +21,28 @@ cdef extern from "cllm.h" nogil:
                             int64_t M, int64_t K, int64_t N, int num_threads)
     int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
                              int64_t M, int64_t K, int64_t N, int accumulate, int num_threads)
+    int cllm_embedding_forward(const int32_t *idx, const float *wte, const float *wpe, float *out,
+                               int64_t B, int64_t T, int64_t C, int num_threads)
+    int cllm_embedding_backward(const float *dout, const int32_t *idx, float *dwte, float *dwpe,
+                                int64_t B, int64_t T, int64_t C, int num_threads)
+    int cllm_layernorm_forward(const float *x, const float *w, const float *b, float *out, float *mean,
+                               float *rstd, int64_t N, int64_t C, int num_threads)
+    int cllm_layernorm_backward(const float *dout, const float *x, const float *w, const float *mean,
+                                const float *rstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
+                                int num_threads)
+    int cllm_attention_forward(const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C,
+                               int64_t NH, int num_threads)
+    int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse,
+                                float *dqkv, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads)
+    int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads)
+    int cllm_gelu_backward(const float *x, const float *dout, float *dx, int64_t n, int num_threads)
+    int cllm_residual_forward(const float *a, const float *b, float *out, int64_t n, int num_threads)
+    int cllm_crossentropy_forward_backward(float *logits, const int32_t *targets, float *losses, int64_t N,
+                                           int64_t V, float scale, int write_grad, int num_threads)
+    int cllm_sum_squares(const float *x, int64_t n, double *out, int num_threads)
+    int cllm_adamw_step(float *p, const float *g, float *m, float *v, int64_t n, const int64_t *seg_start,
+                        const uint8_t *decay, int64_t nseg, float lr, float beta1, float beta2, float eps,
+                        float weight_decay, float bc1, float bc2, float grad_scale, int num_threads)
 
 
 cdef inline int _check(int err, str name) except -1:
@@ -74,3 +96,100 @@ def linear_backward(const float[:, ::1] dy, const float[:, ::1] x, const float[:
         err = cllm_linear_backward(&dy[0, 0], &x[0, 0], &w[0, 0], dxp, dwp, dbp,
                                    x.shape[0], x.shape[1], w.shape[0], accumulate, num_threads)
     _check(err, "linear_backward")
+
+
+# The model's layers. Arrays arrive checked (cllm.kernels): C-contiguous, right dtype and shapes, non-empty.
+
+def embedding_forward(const int32_t[:, ::1] idx, const float[:, ::1] wte, const float[:, ::1] wpe,
+                      float[:, :, ::1] out, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_embedding_forward(&idx[0, 0], &wte[0, 0], &wpe[0, 0], &out[0, 0, 0], idx.shape[0], idx.shape[1],
+                                     wte.shape[1], num_threads)
+    _check(err, "embedding_forward")
+
+
+def embedding_backward(const float[:, :, ::1] dout, const int32_t[:, ::1] idx, float[:, ::1] dwte,
+                       float[:, ::1] dwpe, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_embedding_backward(&dout[0, 0, 0], &idx[0, 0], &dwte[0, 0], &dwpe[0, 0], idx.shape[0],
+                                      idx.shape[1], dwte.shape[1], num_threads)
+    _check(err, "embedding_backward")
+
+
+def layernorm_forward(const float[:, ::1] x, const float[::1] w, const float[::1] b, float[:, ::1] out,
+                      float[::1] mean, float[::1] rstd, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_layernorm_forward(&x[0, 0], &w[0], &b[0], &out[0, 0], &mean[0], &rstd[0], x.shape[0], x.shape[1],
+                                     num_threads)
+    _check(err, "layernorm_forward")
+
+
+def layernorm_backward(const float[:, ::1] dout, const float[:, ::1] x, const float[::1] w,
+                       const float[::1] mean, const float[::1] rstd, float[:, ::1] dx, float[::1] dw,
+                       float[::1] db, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_layernorm_backward(&dout[0, 0], &x[0, 0], &w[0], &mean[0], &rstd[0], &dx[0, 0], &dw[0], &db[0],
+                                      x.shape[0], x.shape[1], num_threads)
+    _check(err, "layernorm_backward")
+
+
+def attention_forward(const float[:, :, ::1] qkv, float[:, :, ::1] out, float[:, :, ::1] lse, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_attention_forward(&qkv[0, 0, 0], &out[0, 0, 0], &lse[0, 0, 0], qkv.shape[0], qkv.shape[1],
+                                     out.shape[2], lse.shape[1], num_threads)
+    _check(err, "attention_forward")
+
+
+def attention_backward(const float[:, :, ::1] dout, const float[:, :, ::1] qkv, const float[:, :, ::1] out,
+                       const float[:, :, ::1] lse, float[:, :, ::1] dqkv, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_attention_backward(&dout[0, 0, 0], &qkv[0, 0, 0], &out[0, 0, 0], &lse[0, 0, 0], &dqkv[0, 0, 0],
+                                      qkv.shape[0], qkv.shape[1], out.shape[2], lse.shape[1], num_threads)
+    _check(err, "attention_backward")
+
+
+def gelu_forward(const float[::1] x, float[::1] out, int num_threads):
+    with nogil:
+        cllm_gelu_forward(&x[0], &out[0], x.shape[0], num_threads)
+
+
+def gelu_backward(const float[::1] x, const float[::1] dout, float[::1] dx, int num_threads):
+    with nogil:
+        cllm_gelu_backward(&x[0], &dout[0], &dx[0], x.shape[0], num_threads)
+
+
+def residual_forward(const float[::1] a, const float[::1] b, float[::1] out, int num_threads):
+    with nogil:
+        cllm_residual_forward(&a[0], &b[0], &out[0], a.shape[0], num_threads)
+
+
+def crossentropy_forward_backward(float[:, ::1] logits, const int32_t[::1] targets, float[::1] losses, float scale,
+                                  bint write_grad, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_crossentropy_forward_backward(&logits[0, 0], &targets[0], &losses[0], logits.shape[0],
+                                                 logits.shape[1], scale, write_grad, num_threads)
+    _check(err, "crossentropy_forward_backward")
+
+
+def sum_squares(const float[::1] x, int num_threads):
+    cdef double out = 0.0
+    cdef int err
+    with nogil:
+        err = cllm_sum_squares(&x[0], x.shape[0], &out, num_threads)
+    _check(err, "sum_squares")
+    return out
+
+
+def adamw_step(float[::1] p, const float[::1] g, float[::1] m, float[::1] v, const int64_t[::1] seg_start,
+               const uint8_t[::1] decay, float lr, float beta1, float beta2, float eps, float weight_decay,
+               float bc1, float bc2, float grad_scale, int num_threads):
+    with nogil:
+        cllm_adamw_step(&p[0], &g[0], &m[0], &v[0], p.shape[0], &seg_start[0], &decay[0], decay.shape[0], lr, beta1,
+                        beta2, eps, weight_decay, bc1, bc2, grad_scale, num_threads)

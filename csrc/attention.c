@@ -1,0 +1,278 @@
+/* Causal multi-head self-attention, forward and backward. Compiled once per ISA (simd.h).
+ *
+ * One (batch, head) pair is one unit of parallel work, done whole by one thread, so nothing races and every sum
+ * has one order. Inside a unit, QR query rows at a time meet the keys in blocks of KB with an online softmax:
+ * the scores never exist beyond a QR×KB tile, and the backward recomputes them from q, k and the saved
+ * log-sum-exp (FlashAttention's scheme). K (and V, for the backward) are first transposed to [hs][T] so that
+ * scores are vector FMAs along the keys.
+ *
+ * Shapes: qkv (B,T,3C) with q, k, v in that order and head h at columns h·hs .. h·hs+hs of each; out, dout (B,T,C);
+ * lse (B,NH,T); hs = C/NH. Row i of one head's q is qkv + i·3C + h·hs; its k is C further, its v 2C further.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cllm.h"
+#include "dispatch.h"
+#include "memory.h"
+
+#define QR 4  /* query rows per tile */
+#define KB 64 /* keys per block: a multiple of every VW */
+
+typedef struct {
+    const float *q, *k, *v; /* row 0 of this head's q, k, v; rows are ld floats apart */
+    int64_t ld, T, hs, Tp;  /* Tp: T rounded up to VW, the row length of the transposed copies */
+    float scale;            /* 1/√hs */
+} head_t;
+
+/* dst[d][j] = src[j·ld + d] for j < T (zero up to Tp).   src rows (T,hs) -> dst (hs,Tp) */
+static void transpose_rows(const float *src, int64_t ld, int64_t T, int64_t hs, int64_t Tp, float *dst)
+{
+    for (int64_t j = 0; j < T; j++)
+        for (int64_t d = 0; d < hs; d++) dst[d * Tp + j] = src[j * ld + d];
+    for (int64_t d = 0; d < hs; d++)
+        for (int64_t j = T; j < Tp; j++) dst[d * Tp + j] = 0.0f;
+}
+
+/* s[r][jj] = scale · Σ_d a_r[d]·bt[d][j0+jj] for r < QR, jj < nkv (a multiple of VW).
+ * a: QR rows of length hs (rows past the tile repeat the last one); bt (hs,Tp); s (QR,KB). */
+static void tile_scores(const float *a[QR], const float *bt, int64_t Tp, int64_t hs, int64_t j0, int64_t nkv,
+                        float scale, float *s)
+{
+    vec vs = vset1(scale);
+    for (int64_t jv = 0; jv < nkv; jv += VW) {
+        vec acc[QR];
+        for (int r = 0; r < QR; r++) acc[r] = vzero();
+        const float *b = bt + j0 + jv;
+        for (int64_t d = 0; d < hs; d++) {
+            vec bv = vloadu(b + d * Tp);
+            for (int r = 0; r < QR; r++) acc[r] = vfmadd(vset1(a[r][d]), bv, acc[r]);
+        }
+        for (int r = 0; r < QR; r++) vstoreu(s + r * KB + jv, vmul(acc[r], vs));
+    }
+}
+
+/* acc[r][:] += Σ_jj p[r][jj] · rows[jj][:] for r < QR, jj < nk.   p (QR,KB), rows nk × hs (ld apart),
+ * acc (QR,hs) */
+static void tile_weighted_rows(const float *p, const float *rows, int64_t ld, int64_t nk, int64_t hs, float *acc)
+{
+    int64_t d = 0;
+    for (; d + VW <= hs; d += VW) {
+        vec a[QR];
+        for (int r = 0; r < QR; r++) a[r] = vloadu(acc + r * hs + d);
+        for (int64_t jj = 0; jj < nk; jj++) {
+            vec x = vloadu(rows + jj * ld + d);
+            for (int r = 0; r < QR; r++) a[r] = vfmadd(vset1(p[r * KB + jj]), x, a[r]);
+        }
+        for (int r = 0; r < QR; r++) vstoreu(acc + r * hs + d, a[r]);
+    }
+    for (; d < hs; d++)
+        for (int r = 0; r < QR; r++) {
+            float a = acc[r * hs + d];
+            for (int64_t jj = 0; jj < nk; jj++) a += p[r * KB + jj] * rows[jj * ld + d];
+            acc[r * hs + d] = a;
+        }
+}
+
+/* Query rows i0 .. i0+QR of the tile (clamped to T-1) as pointers into rows of length hs, ld apart. */
+static void tile_rows(const float *base, int64_t ld, int64_t i0, int64_t T, const float *rows[QR])
+{
+    for (int r = 0; r < QR; r++) rows[r] = base + cllm_min(i0 + r, T - 1) * ld;
+}
+
+/* For one head: out rows (ldo apart) and lse (T). Scratch: kt (hs,Tp), s (QR,KB), acc (QR,hs). */
+static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, float *kt, float *s, float *acc)
+{
+    int64_t T = h->T, hs = h->hs;
+    transpose_rows(h->k, h->ld, T, hs, h->Tp, kt);
+    for (int64_t i0 = 0; i0 < T; i0 += QR) {
+        int64_t nr = cllm_min(QR, T - i0), kend = i0 + nr;
+        float m[QR], l[QR];
+        const float *q[QR];
+        tile_rows(h->q, h->ld, i0, T, q);
+        for (int r = 0; r < QR; r++) m[r] = -INFINITY, l[r] = 0.0f;
+        memset(acc, 0, sizeof(float) * QR * hs);
+        for (int64_t j0 = 0; j0 < kend; j0 += KB) {
+            int64_t nk = cllm_min(KB, kend - j0), nkv = cllm_round_up(nk, VW);
+            tile_scores(q, kt, h->Tp, hs, j0, nkv, h->scale, s);
+            for (int64_t r = 0; r < nr; r++) {
+                float *sr = s + r * KB;
+                int64_t valid = cllm_max(0, cllm_min(nk, i0 + r - j0 + 1)); /* causal: keys j <= i */
+                float mx = m[r];
+                for (int64_t jj = 0; jj < valid; jj++) mx = sr[jj] > mx ? sr[jj] : mx;
+                float alpha = expf(m[r] - mx), sum = 0.0f;
+                vec vmx = vset1(mx), vsum = vzero();
+                int64_t jj = 0;
+                for (; jj + VW <= valid; jj += VW) {
+                    vec e = vexp(vsub(vloadu(sr + jj), vmx));
+                    vstoreu(sr + jj, e);
+                    vsum = vadd(vsum, e);
+                }
+                sum = vhsum(vsum);
+                if (jj < valid) { /* the ragged end through one padded register, padding dropped */
+                    _Alignas(CLLM_ALIGN) float t[VW] = {0};
+                    int64_t left = valid - jj;
+                    memcpy(t, sr + jj, sizeof(float) * (size_t)left);
+                    vstoreu(t, vexp(vsub(vloadu(t), vmx)));
+                    for (int64_t u = 0; u < left; u++) sum += t[u];
+                    memcpy(sr + jj, t, sizeof(float) * (size_t)left);
+                }
+                for (jj = cllm_max(valid, 0); jj < KB; jj++) sr[jj] = 0.0f; /* masked keys weigh nothing */
+                l[r] = l[r] * alpha + sum;
+                m[r] = mx;
+                for (int64_t d = 0; d < hs; d++) acc[r * hs + d] *= alpha;
+            }
+            for (int64_t r = nr; r < QR; r++) memset(s + r * KB, 0, sizeof(float) * KB);
+            tile_weighted_rows(s, h->v + j0 * h->ld, h->ld, nk, hs, acc);
+        }
+        for (int64_t r = 0; r < nr; r++) {
+            float inv = 1.0f / l[r];
+            for (int64_t d = 0; d < hs; d++) out[(i0 + r) * ldo + d] = acc[r * hs + d] * inv;
+            lse[i0 + r] = m[r] + logf(l[r]);
+        }
+    }
+}
+
+int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C,
+                                   int64_t NH, int num_threads)
+{
+    int64_t hs = C / NH, Tp = cllm_round_up(T, VW);
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *kt = cllm_alloc(sizeof(float) * hs * Tp), *s = cllm_alloc(sizeof(float) * QR * KB);
+        float *acc = cllm_alloc(sizeof(float) * QR * hs);
+        int ok = kt && s && acc;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < B * NH; u++) {
+            if (!ok) continue;
+            int64_t b = u / NH, hh = u % NH;
+            const float *base = qkv + b * T * 3 * C + hh * hs;
+            head_t h = {base, base + C, base + 2 * C, 3 * C, T, hs, Tp, 1.0f / sqrtf((float)hs)};
+            head_forward(&h, out + b * T * C + hh * hs, C, lse + u * T, kt, s, acc);
+        }
+        cllm_free(kt);
+        cllm_free(s);
+        cllm_free(acc);
+    }
+    return failed ? CLLM_ENOMEM : 0;
+}
+
+/* dst[jj][:] += Σ_r w[r][jj] · src_r[:] for jj < nk.   w (QR,KB); src: QR rows of hs; dst rows ld apart */
+static void tile_outer_add(const float *w, const float *src[QR], int64_t nk, int64_t hs, float *dst, int64_t ld)
+{
+    for (int64_t jj = 0; jj < nk; jj++) {
+        float *drow = dst + jj * ld;
+        vec wr[QR];
+        for (int r = 0; r < QR; r++) wr[r] = vset1(w[r * KB + jj]);
+        int64_t d = 0;
+        for (; d + VW <= hs; d += VW) {
+            vec a = vloadu(drow + d);
+            for (int r = 0; r < QR; r++) a = vfmadd(wr[r], vloadu(src[r] + d), a);
+            vstoreu(drow + d, a);
+        }
+        for (; d < hs; d++) {
+            float a = drow[d];
+            for (int r = 0; r < QR; r++) a += w[r * KB + jj] * src[r][d];
+            drow[d] = a;
+        }
+    }
+}
+
+/* For one head: dq, dk, dv rows (ldd apart, overwritten). Scratch: kt, vt (hs,Tp), p, ds (QR,KB), dqa (QR,hs). */
+static void head_backward(const head_t *h, const float *dout, const float *out, int64_t ldo, const float *lse,
+                          float *dq, float *dk, float *dv, int64_t ldd, float *kt, float *vt, float *p, float *ds,
+                          float *dqa)
+{
+    int64_t T = h->T, hs = h->hs;
+    transpose_rows(h->k, h->ld, T, hs, h->Tp, kt);
+    transpose_rows(h->v, h->ld, T, hs, h->Tp, vt);
+    for (int64_t j = 0; j < T; j++) {
+        memset(dk + j * ldd, 0, sizeof(float) * hs);
+        memset(dv + j * ldd, 0, sizeof(float) * hs);
+    }
+    for (int64_t i0 = 0; i0 < T; i0 += QR) {
+        int64_t nr = cllm_min(QR, T - i0), kend = i0 + nr;
+        const float *q[QR], *dov[QR];
+        float D[QR]; /* D_i = Σ_d dout_i·out_i, the softmax backward's row term */
+        tile_rows(h->q, h->ld, i0, T, q);
+        tile_rows(dout, ldo, i0, T, dov);
+        for (int r = 0; r < QR; r++) {
+            const float *o = out + cllm_min(i0 + r, T - 1) * ldo;
+            float acc = 0.0f;
+            for (int64_t d = 0; d < hs; d++) acc += dov[r][d] * o[d];
+            D[r] = acc;
+        }
+        memset(dqa, 0, sizeof(float) * QR * hs);
+        for (int64_t j0 = 0; j0 < kend; j0 += KB) {
+            int64_t nk = cllm_min(KB, kend - j0), nkv = cllm_round_up(nk, VW);
+            tile_scores(q, kt, h->Tp, hs, j0, nkv, h->scale, p);  /* scores */
+            tile_scores(dov, vt, h->Tp, hs, j0, nkv, 1.0f, ds);  /* dP = dout · vᵀ */
+            for (int r = 0; r < QR; r++) {
+                float *pr = p + r * KB, *dsr = ds + r * KB;
+                int64_t valid = r < nr ? cllm_max(0, cllm_min(nk, i0 + r - j0 + 1)) : 0;
+                vec vl = vset1(lse[cllm_min(i0 + r, T - 1)]), vD = vset1(D[r]), vsc = vset1(h->scale);
+                int64_t jj = 0;
+                for (; jj + VW <= valid; jj += VW) {
+                    vec pj = vexp(vsub(vloadu(pr + jj), vl));                    /* P = e^(s - lse) */
+                    vstoreu(pr + jj, pj);
+                    vstoreu(dsr + jj, vmul(vmul(pj, vsub(vloadu(dsr + jj), vD)), vsc)); /* dS·scale */
+                }
+                if (jj < valid) {
+                    _Alignas(CLLM_ALIGN) float tp[VW] = {0}, td[VW] = {0};
+                    int64_t left = valid - jj;
+                    memcpy(tp, pr + jj, sizeof(float) * (size_t)left);
+                    memcpy(td, dsr + jj, sizeof(float) * (size_t)left);
+                    vec pj = vexp(vsub(vloadu(tp), vl));
+                    vstoreu(tp, pj);
+                    vstoreu(td, vmul(vmul(pj, vsub(vloadu(td), vD)), vsc));
+                    memcpy(pr + jj, tp, sizeof(float) * (size_t)left);
+                    memcpy(dsr + jj, td, sizeof(float) * (size_t)left);
+                }
+                for (jj = valid; jj < KB; jj++) pr[jj] = dsr[jj] = 0.0f;
+            }
+            tile_outer_add(p, dov, nk, hs, dv + j0 * ldd, ldd);         /* dV_j += Σ_i P_ij dout_i */
+            tile_outer_add(ds, q, nk, hs, dk + j0 * ldd, ldd);          /* dK_j += Σ_i dS_ij q_i·scale */
+            tile_weighted_rows(ds, h->k + j0 * h->ld, h->ld, nk, hs, dqa); /* dQ_i += Σ_j dS_ij k_j·scale */
+        }
+        for (int64_t r = 0; r < nr; r++) memcpy(dq + (i0 + r) * ldd, dqa + r * hs, sizeof(float) * hs);
+    }
+}
+
+int ISA_FN(cllm_attention_backward)(const float *dout, const float *qkv, const float *out, const float *lse,
+                                    float *dqkv, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads)
+{
+    int64_t hs = C / NH, Tp = cllm_round_up(T, VW);
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *kt = cllm_alloc(sizeof(float) * hs * Tp), *vt = cllm_alloc(sizeof(float) * hs * Tp);
+        float *p = cllm_alloc(sizeof(float) * QR * KB), *ds = cllm_alloc(sizeof(float) * QR * KB);
+        float *dqa = cllm_alloc(sizeof(float) * QR * hs);
+        int ok = kt && vt && p && ds && dqa;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < B * NH; u++) {
+            if (!ok) continue;
+            int64_t b = u / NH, hh = u % NH;
+            const float *base = qkv + b * T * 3 * C + hh * hs;
+            head_t h = {base, base + C, base + 2 * C, 3 * C, T, hs, Tp, 1.0f / sqrtf((float)hs)};
+            float *dbase = dqkv + b * T * 3 * C + hh * hs;
+            const float *ob = out + b * T * C + hh * hs, *dob = dout + b * T * C + hh * hs;
+            head_backward(&h, dob, ob, C, lse + u * T, dbase, dbase + C, dbase + 2 * C, 3 * C, kt, vt, p, ds, dqa);
+        }
+        cllm_free(kt);
+        cllm_free(vt);
+        cllm_free(p);
+        cllm_free(ds);
+        cllm_free(dqa);
+    }
+    return failed ? CLLM_ENOMEM : 0;
+}

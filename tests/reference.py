@@ -1,0 +1,288 @@
+"""GPT-2 in float64 numpy with a hand-written backward pass: the oracle the C kernels and cllm.Model are tested against.
+
+Every layer is a `<layer>_forward` / `<layer>_backward` pair; the model runs them in order and the backward in
+exact reverse. Dimension names: B batch, T time, C channels (d_model), NH heads, hs = C/NH head size,
+OC output channels, V vocabulary. Parameters use the nanoGPT state-dict names and PyTorch nn.Linear layouts
+(weight [OC, C], y = x·Wᵀ + b), the same as cllm.Model.state_dict().
+"""
+
+import numpy as np
+
+__all__ = ["param_shapes", "init_params", "forward", "loss_and_grads"]
+
+LN_EPS = 1e-5
+GELU_SCALE = np.sqrt(2.0 / np.pi)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# layers
+
+
+def encoder_forward(wte, wpe, idx):
+    # wte is (V,C), wpe is (maxT,C), idx is (B,T) -> out is (B,T,C)
+    T = idx.shape[1]
+    return wte[idx] + wpe[:T]
+
+
+def encoder_backward(dout, idx, wte_shape, wpe_shape):
+    # dout is (B,T,C), idx is (B,T) -> dwte is (V,C), dwpe is (maxT,C)
+    T = idx.shape[1]
+    dwte = np.zeros(wte_shape)
+    np.add.at(dwte, idx, dout)  # a token seen twice gets both contributions
+    dwpe = np.zeros(wpe_shape)
+    dwpe[:T] = dout.sum(axis=0)
+    return dwte, dwpe
+
+
+def layernorm_forward(x, weight, bias):
+    # x is (B,T,C), weight and bias are (C,) -> out is (B,T,C); cache holds xhat (B,T,C) and rstd (B,T,1)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # biased, as PyTorch
+    rstd = 1.0 / np.sqrt(var + LN_EPS)
+    xhat = (x - mean) * rstd
+    return xhat * weight + bias, (xhat, rstd)
+
+
+def layernorm_backward(dout, cache, weight):
+    # dout is (B,T,C), weight is (C,) -> dx is (B,T,C), dweight and dbias are (C,)
+    xhat, rstd = cache
+    dweight = (dout * xhat).sum(axis=(0, 1))
+    dbias = dout.sum(axis=(0, 1))
+    dxhat = dout * weight
+    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, dweight, dbias
+
+
+def matmul_forward(x, weight, bias):
+    # x is (B,T,C), weight is (OC,C), bias is (OC,) -> out is (B,T,OC)
+    return x @ weight.T + bias
+
+
+def matmul_backward(dout, x, weight):
+    # dout is (B,T,OC), x is (B,T,C), weight is (OC,C) -> dx is (B,T,C), dweight is (OC,C), dbias is (OC,)
+    OC, C = weight.shape
+    dx = dout @ weight
+    dweight = dout.reshape(-1, OC).T @ x.reshape(-1, C)
+    dbias = dout.sum(axis=(0, 1))
+    return dx, dweight, dbias
+
+
+def _split_heads(a, NH):
+    # a is (B,T,C) -> (B,NH,T,hs), head h being channels [h*hs, (h+1)*hs)
+    B, T, C = a.shape
+    return a.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(a):
+    # a is (B,NH,T,hs) -> (B,T,C), heads concatenated in order
+    B, NH, T, hs = a.shape
+    return a.transpose(0, 2, 1, 3).reshape(B, T, NH * hs)
+
+
+def attention_forward(qkv, NH):
+    # qkv is (B,T,3C): q, k, v are its consecutive C-wide thirds -> out is (B,T,C), att is (B,NH,T,T)
+    q, k, v = (_split_heads(a, NH) for a in np.split(qkv, 3, axis=-1))
+    hs = q.shape[-1]
+    T = q.shape[2]
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hs)  # (B,NH,T,T)
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)  # key position after the query position
+    scores = np.where(future, -np.inf, scores)
+    scores = scores - scores.max(axis=-1, keepdims=True)  # the diagonal is never masked: the max is finite
+    att = np.exp(scores)
+    att /= att.sum(axis=-1, keepdims=True)
+    return _merge_heads(att @ v), att
+
+
+def attention_backward(dout, qkv, att, NH):
+    # dout is (B,T,C), qkv is (B,T,3C), att is (B,NH,T,T) -> dqkv is (B,T,3C)
+    q, k, v = (_split_heads(a, NH) for a in np.split(qkv, 3, axis=-1))
+    hs = q.shape[-1]
+    dy = _split_heads(dout, NH)  # (B,NH,T,hs)
+    datt = dy @ v.transpose(0, 1, 3, 2)  # (B,NH,T,T)
+    dv = att.transpose(0, 1, 3, 2) @ dy
+    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))  # softmax backward; 0 where masked
+    dq = dscores @ k / np.sqrt(hs)
+    dk = dscores.transpose(0, 1, 3, 2) @ q / np.sqrt(hs)
+    return np.concatenate([_merge_heads(dq), _merge_heads(dk), _merge_heads(dv)], axis=-1)
+
+
+def gelu_forward(x):
+    # x is (B,T,4C) -> out is (B,T,4C); the tanh approximation
+    return 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + 0.044715 * x**3)))
+
+
+def gelu_backward(dout, x):
+    # dout and x are (B,T,4C) -> dx is (B,T,4C)
+    t = np.tanh(GELU_SCALE * (x + 0.044715 * x**3))
+    dt = GELU_SCALE * (1.0 + 3 * 0.044715 * x**2)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t**2) * dt)
+
+
+def crossentropy_forward(logits, targets):
+    # logits is (B,T,V), targets is (B,T) with -1 = ignore -> mean loss over the valid positions, probs (B,T,V)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    logsumexp = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    logprobs = shifted - logsumexp
+    valid = targets != -1
+    n = valid.sum()
+    if n == 0:
+        return 0.0, np.exp(logprobs)
+    picked = np.take_along_axis(logprobs, np.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    return float(-(picked * valid).sum() / n), np.exp(logprobs)
+
+
+def crossentropy_backward(probs, targets):
+    # probs is (B,T,V), targets is (B,T) -> dlogits is (B,T,V) of the mean loss
+    valid = targets != -1
+    n = valid.sum()
+    if n == 0:
+        return np.zeros_like(probs)
+    dlogits = probs.copy()
+    b, t = np.nonzero(valid)
+    dlogits[b, t, targets[b, t]] -= 1.0
+    return dlogits * (valid[..., None] / n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one transformer block: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
+
+
+def block_forward(p, x, NH):
+    # p: this layer's parameters by short name ("ln_1.weight", ...); x is (B,T,C) -> out is (B,T,C), cache
+    ln1, ln1_cache = layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])
+    qkv = matmul_forward(ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"])  # (B,T,3C)
+    atty, att = attention_forward(qkv, NH)  # (B,T,C)
+    attproj = matmul_forward(atty, p["attn.c_proj.weight"], p["attn.c_proj.bias"])
+    residual2 = x + attproj
+    ln2, ln2_cache = layernorm_forward(residual2, p["ln_2.weight"], p["ln_2.bias"])
+    fch = matmul_forward(ln2, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])  # (B,T,4C)
+    fch_gelu = gelu_forward(fch)
+    fcproj = matmul_forward(fch_gelu, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])  # (B,T,C)
+    cache = dict(ln1=ln1, ln1_cache=ln1_cache, qkv=qkv, att=att, atty=atty,
+                 ln2=ln2, ln2_cache=ln2_cache, fch=fch, fch_gelu=fch_gelu)
+    return residual2 + fcproj, cache
+
+
+def block_backward(dout, p, cache, NH):
+    # dout is (B,T,C) -> dx is (B,T,C), g: this layer's gradients by short name
+    g = {}
+    dresidual2 = dout.copy()  # the residual passes the gradient through
+    dfch_gelu, g["mlp.c_proj.weight"], g["mlp.c_proj.bias"] = matmul_backward(
+        dout, cache["fch_gelu"], p["mlp.c_proj.weight"])
+    dfch = gelu_backward(dfch_gelu, cache["fch"])
+    dln2, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"] = matmul_backward(dfch, cache["ln2"], p["mlp.c_fc.weight"])
+    dx_ln2, g["ln_2.weight"], g["ln_2.bias"] = layernorm_backward(dln2, cache["ln2_cache"], p["ln_2.weight"])
+    dresidual2 += dx_ln2
+    dx = dresidual2.copy()
+    datty, g["attn.c_proj.weight"], g["attn.c_proj.bias"] = matmul_backward(
+        dresidual2, cache["atty"], p["attn.c_proj.weight"])
+    dqkv = attention_backward(datty, cache["qkv"], cache["att"], NH)
+    dln1, g["attn.c_attn.weight"], g["attn.c_attn.bias"] = matmul_backward(
+        dqkv, cache["ln1"], p["attn.c_attn.weight"])
+    dx_ln1, g["ln_1.weight"], g["ln_1.bias"] = layernorm_backward(dln1, cache["ln1_cache"], p["ln_1.weight"])
+    dx += dx_ln1
+    return dx, g
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model
+
+
+def param_shapes(config) -> dict:
+    """Name -> shape of every parameter, in state-dict order."""
+    V, maxT, C, L = config.vocab_size, config.context_length, config.d_model, config.n_layers
+    H = config.mlp_ratio * C
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (maxT, C)}
+    for i in range(L):
+        for name, shape in [("ln_1.weight", (C,)), ("ln_1.bias", (C,)),
+                            ("attn.c_attn.weight", (3 * C, C)), ("attn.c_attn.bias", (3 * C,)),
+                            ("attn.c_proj.weight", (C, C)), ("attn.c_proj.bias", (C,)),
+                            ("ln_2.weight", (C,)), ("ln_2.bias", (C,)),
+                            ("mlp.c_fc.weight", (H, C)), ("mlp.c_fc.bias", (H,)),
+                            ("mlp.c_proj.weight", (C, H)), ("mlp.c_proj.bias", (C,))]:
+            shapes[f"transformer.h.{i}.{name}"] = shape
+    shapes["transformer.ln_f.weight"] = (C,)
+    shapes["transformer.ln_f.bias"] = (C,)
+    return shapes
+
+
+def init_params(config, seed=0, *, std=0.02) -> dict:
+    """Random float64 parameters for tests: matrices, embeddings and biases N(0, std); LayerNorm weights
+    1 + N(0, 0.1²) and biases N(0, 0.1²), so that no tensor sits at a value that would hide a gradient bug."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if ".ln_" in name or name.startswith("transformer.ln_"):
+            params[name] = (1.0 if name.endswith("weight") else 0.0) + 0.1 * rng.standard_normal(shape)
+        else:
+            params[name] = std * rng.standard_normal(shape)
+    return params
+
+
+def _layer(d, i):
+    prefix = f"transformer.h.{i}."
+    return {name[len(prefix):]: value for name, value in d.items() if name.startswith(prefix)}
+
+
+def _check(params, config, idx, targets=None):
+    idx = np.asarray(idx)
+    if idx.ndim != 2 or idx.dtype.kind not in "iu" or not 1 <= idx.shape[1] <= config.context_length:
+        raise ValueError(f"idx must be an integer array [B, T] with 1 <= T <= {config.context_length} "
+                         f"(got {idx.dtype} {list(idx.shape)})")
+    if idx.size and (idx.min() < 0 or idx.max() >= config.vocab_size):
+        raise ValueError(f"idx values must lie in [0, {config.vocab_size}) (got {idx.min()}..{idx.max()})")
+    for name, shape in param_shapes(config).items():
+        if np.shape(params[name]) != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape} (got {np.shape(params[name])})")
+    if targets is None:
+        return idx, None
+    targets = np.asarray(targets)
+    if targets.shape != idx.shape or targets.dtype.kind not in "iu":
+        raise ValueError(f"targets must be an integer array of idx's shape {list(idx.shape)} "
+                         f"(got {targets.dtype} {list(targets.shape)})")
+    if ((targets < -1) | (targets >= config.vocab_size)).any():
+        raise ValueError(f"targets values must be -1 (ignored) or lie in [0, {config.vocab_size})")
+    return idx, targets
+
+
+def _forward(params, config, idx):
+    # idx is (B,T) -> logits is (B,T,V), and what the backward pass needs
+    p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
+    NH = config.n_heads
+    x = encoder_forward(p["transformer.wte.weight"], p["transformer.wpe.weight"], idx)  # (B,T,C)
+    caches = []
+    for i in range(config.n_layers):
+        x, cache = block_forward(_layer(p, i), x, NH)
+        caches.append(cache)
+    lnf, lnf_cache = layernorm_forward(x, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"])
+    logits = lnf @ p["transformer.wte.weight"].T  # (B,T,V): the head is tied to wte, no bias
+    return logits, (p, caches, lnf, lnf_cache)
+
+
+def forward(params, config, idx):
+    """Logits [B, T, V] (float64) of the token ids idx [B, T]."""
+    idx, _ = _check(params, config, idx)
+    return _forward(params, config, idx)[0]
+
+
+def loss_and_grads(params, config, idx, targets):
+    """Mean cross-entropy over the positions whose target is not -1 (0.0 if none), and its gradient with
+    respect to every parameter (a dict of the same names and shapes)."""
+    idx, targets = _check(params, config, idx, targets)
+    logits, (p, caches, lnf, lnf_cache) = _forward(params, config, idx)
+    loss, probs = crossentropy_forward(logits, targets)
+    NH = config.n_heads
+    wte = p["transformer.wte.weight"]
+    grads = {}
+    # backward, in exact reverse
+    dlogits = crossentropy_backward(probs, targets)  # (B,T,V)
+    dlnf = dlogits @ wte  # (B,T,C)
+    dwte_head = dlogits.reshape(-1, wte.shape[0]).T @ lnf.reshape(-1, wte.shape[1])  # (V,C)
+    dx, grads["transformer.ln_f.weight"], grads["transformer.ln_f.bias"] = layernorm_backward(
+        dlnf, lnf_cache, p["transformer.ln_f.weight"])
+    for i in reversed(range(config.n_layers)):
+        dx, g = block_backward(dx, _layer(p, i), caches[i], NH)
+        grads.update({f"transformer.h.{i}.{name}": value for name, value in g.items()})
+    dwte, grads["transformer.wpe.weight"] = encoder_backward(dx, idx, wte.shape, p["transformer.wpe.weight"].shape)
+    grads["transformer.wte.weight"] = dwte + dwte_head  # the tied weight gets both uses' gradients
+    return loss, {name: grads[name] for name in param_shapes(config)}

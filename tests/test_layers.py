@@ -1,0 +1,159 @@
+"""Each layer kernel against its float64 reference in tests/reference.py, and bitwise across thread counts."""
+
+import numpy as np
+import pytest
+
+import reference as R
+from cllm import kernels
+
+from conftest import THREAD_COUNTS, rel_err
+
+TOL = 1e-5
+
+
+def f32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def same_for_every_thread_count(run):
+    """run(nt) -> tuple of arrays; equal bits for every thread count."""
+    first = run(THREAD_COUNTS[0])
+    for nt in THREAD_COUNTS[1:]:
+        for a, b in zip(first, run(nt)):
+            assert np.array_equal(a, b), f"differs at num_threads={nt}"
+
+
+@pytest.mark.parametrize("B,T,C,V", [(1, 1, 1, 1), (2, 7, 33, 11), (3, 64, 256, 500)])
+def test_embedding(isa, rng, B, T, C, V):
+    wte, wpe = f32(rng.standard_normal((V, C))), f32(rng.standard_normal((T + 3, C)))
+    idx = rng.integers(0, V, (B, T)).astype(np.int32)
+    idx.flat[0] = idx.flat[-1]  # a repeated token: its row of dwte gets two contributions
+    assert rel_err(kernels.embedding_forward(idx, wte, wpe), R.encoder_forward(wte, wpe, idx)) <= TOL
+    dout = f32(rng.standard_normal((B, T, C)))
+    ref_dwte, ref_dwpe = R.encoder_backward(dout.astype(np.float64), idx, wte.shape, wpe.shape)
+
+    def run(nt):
+        dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+        kernels.embedding_backward(dout, idx, dwte, dwpe, num_threads=nt)
+        return dwte, dwpe
+
+    dwte, dwpe = run(1)
+    assert rel_err(dwte, ref_dwte) <= TOL and rel_err(dwpe, ref_dwpe) <= TOL
+    same_for_every_thread_count(run)
+
+
+def test_embedding_rejects_out_of_range_ids(rng):
+    wte, wpe = f32(rng.standard_normal((10, 4))), f32(rng.standard_normal((8, 4)))
+    idx = np.zeros((2, 5), np.int32)
+    idx[1, 3] = 10
+    with pytest.raises(ValueError, match=r"embedding_forward: idx\[1, 3\] = 10 is outside \[0, 10\)"):
+        kernels.embedding_forward(idx, wte, wpe)
+    idx[1, 3] = -2
+    with pytest.raises(ValueError, match=r"idx\[1, 3\] = -2"):
+        kernels.embedding_backward(np.zeros((2, 5, 4), np.float32), idx, np.zeros_like(wte), np.zeros_like(wpe))
+    with pytest.raises(ValueError, match="idx has 9 positions but wpe only 8"):
+        kernels.embedding_forward(np.zeros((1, 9), np.int32), wte, wpe)
+
+
+@pytest.mark.parametrize("N,C", [(1, 1), (5, 7), (130, 256), (300, 33)])
+def test_layernorm(isa, rng, N, C):
+    x = f32(rng.standard_normal((N, C)) * 3 + 1)
+    w, b = f32(rng.standard_normal(C)), f32(rng.standard_normal(C))
+    out, mean, rstd = kernels.layernorm_forward(x, w, b)
+    ref_out, cache = R.layernorm_forward(x.astype(np.float64)[None], w, b)  # the reference takes (B,T,C)
+    assert rel_err(out, ref_out[0]) <= TOL
+    assert rel_err(rstd, cache[1].reshape(-1)) <= TOL
+    dout = f32(rng.standard_normal((N, C)))
+    ref_dx, ref_dw, ref_db = R.layernorm_backward(dout.astype(np.float64)[None], cache, w.astype(np.float64))
+    ref_dx = ref_dx[0]
+    dx0 = f32(rng.standard_normal((N, C)))  # the backward adds to what is there
+
+    def run(nt):
+        dx, dw, db = dx0.copy(), np.ones(C, np.float32), np.ones(C, np.float32)
+        kernels.layernorm_backward(dout, x, w, mean, rstd, dx, dw, db, num_threads=nt)
+        return dx, dw, db
+
+    dx, dw, db = run(1)
+    if C > 1:  # with C == 1 every normalised value is 0 and dx is 0 up to rounding
+        assert rel_err(dx, dx0 + ref_dx) <= TOL
+    assert rel_err(dw, 1 + ref_dw) <= TOL and rel_err(db, 1 + ref_db) <= TOL
+    same_for_every_thread_count(run)
+
+
+@pytest.mark.parametrize("B,T,C,NH", [(1, 1, 8, 1), (2, 5, 24, 2), (1, 63, 64, 4), (2, 65, 32, 2),
+                                      (1, 130, 48, 3), (2, 256, 256, 4)])
+def test_attention(isa, rng, B, T, C, NH):
+    qkv = f32(rng.standard_normal((B, T, 3 * C)))  # scale 1: peaked softmaxes, so the derivative matters
+    out, lse = kernels.attention_forward(qkv, NH)
+    ref_out, att = R.attention_forward(qkv.astype(np.float64), NH)
+    assert rel_err(out, ref_out) <= TOL
+    dout = f32(rng.standard_normal((B, T, C)))
+    ref_dqkv = R.attention_backward(dout.astype(np.float64), qkv.astype(np.float64), att, NH)
+    run = lambda nt: (kernels.attention_backward(dout, qkv, out, lse, num_threads=nt),)
+    dqkv = run(1)[0]
+    for part in range(3):  # q, k, v separately: each has its own scale
+        sl = slice(part * C, (part + 1) * C)
+        assert rel_err(dqkv[..., sl], ref_dqkv[..., sl]) <= 2 * TOL
+    same_for_every_thread_count(lambda nt: kernels.attention_forward(qkv, NH, num_threads=nt) + run(nt))
+
+
+def test_attention_is_causal(rng):
+    qkv = f32(rng.standard_normal((1, 40, 48)))
+    out, _ = kernels.attention_forward(qkv, 2)
+    qkv[0, 30:] += 5.0  # changing later positions leaves earlier outputs bit for bit
+    out2, _ = kernels.attention_forward(qkv, 2)
+    assert np.array_equal(out[0, :30], out2[0, :30]) and not np.array_equal(out[0, 30:], out2[0, 30:])
+
+
+@pytest.mark.parametrize("n", [1, 15, 4096 + 17])
+def test_gelu_and_residual(isa, rng, n):
+    x = f32(rng.standard_normal(n) * 4)
+    x[0] = -30.0  # far tails saturate without overflow
+    assert rel_err(kernels.gelu_forward(x), R.gelu_forward(x.astype(np.float64))) <= TOL
+    dout = f32(rng.standard_normal(n))
+    ref = R.gelu_backward(dout.astype(np.float64), x.astype(np.float64))
+    assert rel_err(kernels.gelu_backward(x, dout), ref) <= TOL
+    y = f32(rng.standard_normal(n))
+    np.testing.assert_array_equal(kernels.residual_forward(x, y), x + y)
+    same_for_every_thread_count(lambda nt: (kernels.gelu_forward(x, num_threads=nt),
+                                            kernels.gelu_backward(x, dout, num_threads=nt)))
+
+
+@pytest.mark.parametrize("N,V", [(1, 1), (7, 13), (64, 8192), (5, 50257)])
+def test_crossentropy(isa, rng, N, V):
+    logits = f32(rng.standard_normal((N, V)) * 3)
+    targets = rng.integers(0, V, N).astype(np.int32)
+    targets[N // 2] = -1
+    valid = targets != -1
+    ref_loss, probs = R.crossentropy_forward(logits.astype(np.float64)[None], targets[None])
+    ref_grad = R.crossentropy_backward(probs, targets[None])[0]
+    losses = kernels.crossentropy(logits.copy(), targets, write_grad=False)
+    assert abs(losses.sum() / max(valid.sum(), 1) - ref_loss) <= TOL * max(1.0, abs(ref_loss))
+    assert not losses[~valid].any()
+
+    def run(nt):
+        z = logits.copy()
+        return kernels.crossentropy(z, targets, scale=1.0 / max(valid.sum(), 1), num_threads=nt), z
+
+    losses2, grad = run(1)
+    np.testing.assert_array_equal(losses, losses2)
+    assert rel_err(grad, ref_grad) <= TOL
+    same_for_every_thread_count(run)
+
+
+def test_crossentropy_all_ignored(rng):
+    logits = f32(rng.standard_normal((3, 5)))
+    losses = kernels.crossentropy(logits, np.full(3, -1, np.int32))
+    assert not losses.any() and not logits.any()
+
+
+def test_crossentropy_rejects_bad_targets(rng):
+    with pytest.raises(ValueError, match=r"crossentropy: targets\[1\] = 5 is outside -1 or \[0, 5\)"):
+        kernels.crossentropy(f32(rng.standard_normal((2, 5))), np.array([0, 5], np.int32))
+
+
+def test_sum_squares(rng):
+    x = f32(rng.standard_normal(300_001))
+    expected = float((x.astype(np.float64) ** 2).sum())
+    assert abs(kernels.sum_squares(x) - expected) <= 1e-12 * expected
+    assert len({kernels.sum_squares(x, num_threads=nt) for nt in THREAD_COUNTS}) == 1
