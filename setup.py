@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover
 # the kernels, one copy per instruction set
 ISA_SOURCES = ["csrc/" + f for f in ("matmul.c", "embedding.c", "layernorm.c", "attention.c", "gelu.c",
                                      "crossentropy.c", "adamw.c")]
-KERNEL_SOURCES = ["cllm/_core/_kernels.pyx", "csrc/dispatch.c", "csrc/threads.c"]
+KERNEL_SOURCES = ["cllm/_core/_kernels.pyx", "csrc/dispatch.c", "csrc/threads.c", "csrc/scratch.c"]
 DEPENDS = sorted(glob("csrc/**/*.[ch]", recursive=True) + glob("csrc/**/*.hpp", recursive=True))
 
 # Instruction-set flags per compiler family; the probe program must compile with them for the ISA to be built.

@@ -13,6 +13,7 @@ import pytest
 import cllm
 
 RESULTS = {}  # (suite, case, threads) -> {impl: throughput}
+NOTES = []  # free-form lines for the summary (memory, MFU, breakdowns)
 
 
 def settle():
@@ -39,7 +40,7 @@ def record(benchmark):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not RESULTS:
+    if not RESULTS and not NOTES:
         return
     tr = terminalreporter
     tr.section("cllm vs peers (throughput; ratio > 1: cllm faster)")
@@ -47,9 +48,28 @@ def pytest_terminal_summary(terminalreporter):
     tr.write_line(f"{'suite':<18}{'case':<28}{'thr':>4}{'cllm':>12}{'peer':>12}{'ratio':>8}  unit")
     for (suite, case, threads), row in RESULTS.items():
         ours = row.get("cllm")
-        for peer in [k for k in row if k not in ("unit", "cllm")] or [None]:
+        divisor, prefix = row.get("scale", (1e9, "G"))  # rows from record_rate carry their own scale
+        for peer in [k for k in row if k not in ("unit", "scale", "cllm")] or [None]:
             theirs = row.get(peer) if peer else None
             ratio = f"{ours / theirs:8.2f}" if ours and theirs else f"{'':>8}"
-            fmt = lambda v: f"{v / 1e9:12.1f}" if v else f"{'-':>12}"
-            tr.write_line(f"{suite:<18}{case:<28}{threads:>4}{fmt(ours)}{fmt(theirs)}{ratio}  G{row['unit']}/s"
+            fmt = lambda v: f"{v / divisor:12.1f}" if v else f"{'-':>12}"
+            tr.write_line(f"{suite:<18}{case:<28}{threads:>4}{fmt(ours)}{fmt(theirs)}{ratio}  {prefix}{row['unit']}/s"
                           + (f" vs {peer}" if peer else ""))
+    for line in NOTES:
+        tr.write_line(line)
+
+
+@pytest.fixture
+def record_rate(benchmark):
+    def _record_rate(suite, case, threads, impl, rate, unit, scale=(1, "")):
+        """Like ``record``, for a rate measured elsewhere (e.g. inside a worker process): stores it as given.
+        scale: (divisor, prefix) for the summary table, e.g. (1e3, "k") prints 12.3 ktoken/s."""
+        row = RESULTS.setdefault((suite, case, threads), {"unit": unit, "scale": scale})
+        row[impl] = rate
+        benchmark.extra_info.update(suite=suite, case=case, threads=threads, impl=impl, unit=unit, rate=rate)
+        peers = [k for k in row if k not in ("unit", "scale", "cllm")]
+        if impl == "cllm" and peers:
+            benchmark.extra_info["ratio"] = {p: rate / row[p] for p in peers}
+        return rate
+
+    return _record_rate

@@ -141,24 +141,38 @@ class Model:
             raise ValueError(f"Model: {name}{list(pos)} = {int(a[pos])} is outside {allowed}")
         return np.ascontiguousarray(a, dtype=np.int32)
 
+    def _activation_shapes(self, B: int, T: int) -> tuple[dict, dict, dict]:
+        """(per layer, once, backward scratch): name -> shape of every buffer a training step uses."""
+        C, H, V, L, NH = (self.config.d_model, self.config.mlp_ratio * self.config.d_model, self.config.vocab_size,
+                          self.config.n_layers, self.config.n_heads)
+        BT = B * T
+        layer = {"ln1": (BT, C), "ln1_mean": (BT,), "ln1_rstd": (BT,), "qkv": (B, T, 3 * C), "atty": (B, T, C),
+                 "lse": (B, NH, T), "res2": (BT, C), "ln2": (BT, C), "ln2_mean": (BT,), "ln2_rstd": (BT,),
+                 "fch": (BT, H), "fcg": (BT, H), "res": (BT, C)}  # res: the block's output
+        once = {"res0": (BT, C), "lnf": (BT, C), "lnf_mean": (BT,), "lnf_rstd": (BT,), "logits": (BT, V),
+                "losses": (BT,)}
+        scratch = {"proj": (BT, C), "dres": (BT, C), "dtmp": (BT, C), "dqkv": (B, T, 3 * C), "dfc": (BT, H)}
+        return layer, once, scratch
+
+    def memory_estimate(self, batch: int, seq: int) -> dict:
+        """Bytes a training step on [batch, seq] needs: parameters, gradients and AdamW moments (16 bytes per
+        parameter), the activations kept for the backward, and the backward's scratch."""
+        layer, once, scratch = self._activation_shapes(batch, seq)
+        nbytes = lambda shapes: 4 * sum(math.prod(s) for s in shapes.values())
+        return {"parameters": self.params.nbytes, "gradients": self.grad_buffer.nbytes,
+                "optimizer": 2 * self.params.nbytes,
+                "activations": self.config.n_layers * nbytes(layer) + nbytes(once), "scratch": nbytes(scratch)}
+
     def _activations(self, B: int, T: int) -> dict:
         """Buffers for every activation the backward needs, allocated once per (B, T)."""
         if self._acts is not None and self._acts["shape"] == (B, T):
             return self._acts
         self._acts = None  # free the old set first
-        C, H, V, L, NH = (self.config.d_model, self.config.mlp_ratio * self.config.d_model, self.config.vocab_size,
-                          self.config.n_layers, self.config.n_heads)
-        f = lambda *shape: np.empty(shape, dtype=np.float32)
-        layer = lambda: {"ln1": f(B * T, C), "ln1_mean": f(B * T), "ln1_rstd": f(B * T), "qkv": f(B, T, 3 * C),
-                         "atty": f(B, T, C), "lse": f(B, NH, T), "res2": f(B * T, C), "ln2": f(B * T, C),
-                         "ln2_mean": f(B * T), "ln2_rstd": f(B * T), "fch": f(B * T, H), "fcg": f(B * T, H)}
-        self._acts = {
-            "shape": (B, T), "res": [f(B * T, C) for _ in range(L + 1)], "layers": [layer() for _ in range(L)],
-            "lnf": f(B * T, C), "lnf_mean": f(B * T), "lnf_rstd": f(B * T), "logits": f(B * T, V),
-            "losses": f(B * T), "proj": f(B * T, C),
-            # backward scratch
-            "dres": f(B * T, C), "dtmp": f(B * T, C), "dqkv": f(B, T, 3 * C), "dfc": f(B * T, H),
-        }
+        layer, once, scratch = self._activation_shapes(B, T)
+        alloc = lambda shapes: {name: np.empty(shape, dtype=np.float32) for name, shape in shapes.items()}
+        layers = [alloc(layer) for _ in range(self.config.n_layers)]
+        self._acts = {"shape": (B, T), "layers": layers, **alloc(once), **alloc(scratch)}
+        self._acts["res"] = [self._acts["res0"]] + [la["res"] for la in layers]  # the residual stream, by block
         return self._acts
 
     def _op(self, name: str, fn, *args, **kwargs):

@@ -16,7 +16,7 @@
 #include "dispatch.h"
 #include "memory.h"
 
-#define QR 4  /* query rows per tile */
+#define QR 8  /* query rows per tile */
 #define KB 64 /* keys per block: a multiple of every VW */
 
 typedef struct {
@@ -74,6 +74,14 @@ static void tile_weighted_rows(const float *p, const float *rows, int64_t ld, in
         }
 }
 
+static void scale_row(float *x, int64_t n, float a)
+{
+    vec va = vset1(a);
+    int64_t d = 0;
+    for (; d + VW <= n; d += VW) vstoreu(x + d, vmul(vloadu(x + d), va));
+    for (; d < n; d++) x[d] *= a;
+}
+
 /* Query rows i0 .. i0+QR of the tile (clamped to T-1) as pointers into rows of length hs, ld apart. */
 static void tile_rows(const float *base, int64_t ld, int64_t i0, int64_t T, const float *rows[QR])
 {
@@ -99,10 +107,17 @@ static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, f
                 float *sr = s + r * KB;
                 int64_t valid = cllm_max(0, cllm_min(nk, i0 + r - j0 + 1)); /* causal: keys j <= i */
                 float mx = m[r];
-                for (int64_t jj = 0; jj < valid; jj++) mx = sr[jj] > mx ? sr[jj] : mx;
+                int64_t jj = 0;
+                if (valid >= VW) {
+                    vec vm = vloadu(sr);
+                    for (jj = VW; jj + VW <= valid; jj += VW) vm = vmax(vm, vloadu(sr + jj));
+                    float bm = vhmax(vm);
+                    mx = bm > mx ? bm : mx;
+                }
+                for (; jj < valid; jj++) mx = sr[jj] > mx ? sr[jj] : mx;
                 float alpha = expf(m[r] - mx), sum = 0.0f;
                 vec vmx = vset1(mx), vsum = vzero();
-                int64_t jj = 0;
+                jj = 0;
                 for (; jj + VW <= valid; jj += VW) {
                     vec e = vexp(vsub(vloadu(sr + jj), vmx));
                     vstoreu(sr + jj, e);
@@ -120,7 +135,7 @@ static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, f
                 for (jj = cllm_max(valid, 0); jj < KB; jj++) sr[jj] = 0.0f; /* masked keys weigh nothing */
                 l[r] = l[r] * alpha + sum;
                 m[r] = mx;
-                for (int64_t d = 0; d < hs; d++) acc[r * hs + d] *= alpha;
+                if (alpha != 1.0f) scale_row(acc + r * hs, hs, alpha);
             }
             for (int64_t r = nr; r < QR; r++) memset(s + r * KB, 0, sizeof(float) * KB);
             tile_weighted_rows(s, h->v + j0 * h->ld, h->ld, nk, hs, acc);
@@ -162,25 +177,26 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
     return failed ? CLLM_ENOMEM : 0;
 }
 
-/* dst[jj][:] += Σ_r w[r][jj] · src_r[:] for jj < nk.   w (QR,KB); src: QR rows of hs; dst rows ld apart */
+/* dst[jj][:] += Σ_r w[r][jj] · src_r[:] for jj < nk.   w (QR,KB); src: QR rows of hs; dst rows ld apart.
+ * A vector of each src row stays in a register while the keys go by. */
 static void tile_outer_add(const float *w, const float *src[QR], int64_t nk, int64_t hs, float *dst, int64_t ld)
 {
-    for (int64_t jj = 0; jj < nk; jj++) {
-        float *drow = dst + jj * ld;
-        vec wr[QR];
-        for (int r = 0; r < QR; r++) wr[r] = vset1(w[r * KB + jj]);
-        int64_t d = 0;
-        for (; d + VW <= hs; d += VW) {
-            vec a = vloadu(drow + d);
-            for (int r = 0; r < QR; r++) a = vfmadd(wr[r], vloadu(src[r] + d), a);
-            vstoreu(drow + d, a);
-        }
-        for (; d < hs; d++) {
-            float a = drow[d];
-            for (int r = 0; r < QR; r++) a += w[r * KB + jj] * src[r][d];
-            drow[d] = a;
+    int64_t d = 0;
+    for (; d + VW <= hs; d += VW) {
+        vec sv[QR];
+        for (int r = 0; r < QR; r++) sv[r] = vloadu(src[r] + d);
+        for (int64_t jj = 0; jj < nk; jj++) {
+            vec a = vloadu(dst + jj * ld + d);
+            for (int r = 0; r < QR; r++) a = vfmadd(vset1(w[r * KB + jj]), sv[r], a);
+            vstoreu(dst + jj * ld + d, a);
         }
     }
+    for (; d < hs; d++)
+        for (int64_t jj = 0; jj < nk; jj++) {
+            float a = dst[jj * ld + d];
+            for (int r = 0; r < QR; r++) a += w[r * KB + jj] * src[r][d];
+            dst[jj * ld + d] = a;
+        }
 }
 
 /* For one head: dq, dk, dv rows (ldd apart, overwritten). Scratch: kt, vt (hs,Tp), p, ds (QR,KB), dqa (QR,hs). */

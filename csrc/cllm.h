@@ -9,6 +9,7 @@
 #ifndef CLLM_H
 #define CLLM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -37,6 +38,10 @@ int cllm_set_isa(const char *name); /* choose a path ("auto" = best supported); 
 void cllm_tree_reduce(float *partials, int64_t n, int64_t len, float *out, int accumulate, int num_threads);
 /* The same order for n double scalars: returns their sum; partials[n] is overwritten. */
 double cllm_tree_sum_f64(double *partials, int64_t n);
+
+/* ---- scratch.c: a large temporary kept between calls (64-byte aligned); NULL when out of memory ---- */
+void *cllm_scratch_get(size_t bytes);
+void cllm_scratch_put(void *p);
 
 /* ---- linear layers (matmul.c) ---- */
 /* y = x · wᵀ + b.   x is (M,K), w is (N,K) (PyTorch nn.Linear layout), b is (N) or NULL, y is (M,N). */

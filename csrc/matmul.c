@@ -233,6 +233,15 @@ static void plan_items(gemm_t *g, int64_t min_items)
     g->tiles_n = cllm_ceil_div(g->N, g->nc);
 }
 
+/* The calling thread's packing buffers for A (MC×KC) and B (KC×NC_MAX), kept for the thread's life: OpenMP's
+ * worker threads persist, so the buffers are allocated (and their pages faulted in) once, not on every call. */
+static float *packing_buffer(void)
+{
+    static CLLM_THREAD_LOCAL float *buffer = NULL;
+    if (!buffer) buffer = cllm_alloc(sizeof(float) * (MC * KC + KC * NC_MAX));
+    return buffer;
+}
+
 /* Run several independent GEMMs as one pool of work items shared by num_threads threads. */
 static int gemm_run(gemm_t *gs, int n, int num_threads)
 {
@@ -253,8 +262,7 @@ static int gemm_run(gemm_t *gs, int n, int num_threads)
     int nt = (int)cllm_max(1, cllm_min(num_threads, total));
 #pragma omp parallel num_threads(nt) if (total > 0)
     {
-        float *Ap = cllm_alloc(sizeof(float) * MC * KC);
-        float *Bp = cllm_alloc(sizeof(float) * KC * NC_MAX);
+        float *Ap = packing_buffer(), *Bp = Ap ? Ap + MC * KC : NULL;
         if (!Ap || !Bp) {
 #pragma omp atomic write
             failed = 1;
@@ -266,8 +274,6 @@ static int gemm_run(gemm_t *gs, int n, int num_threads)
             while (t >= first[p + 1]) p++;
             gemm_item(&gs[p], t - first[p], Ap, Bp);
         }
-        cllm_free(Ap);
-        cllm_free(Bp);
     }
     free(first);
     return failed ? CLLM_ENOMEM : 0;
@@ -309,7 +315,7 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
     chunks = M > 0 ? cllm_ceil_div(M, rows) : 1;
     float *partials = NULL;
     gemm_t *gs = malloc(sizeof(gemm_t) * (size_t)(1 + chunks));
-    if (!gs || (dw && chunks > 1 && !(partials = cllm_alloc(sizeof(float) * chunks * N * K)))) {
+    if (!gs || (dw && chunks > 1 && !(partials = cllm_scratch_get(sizeof(float) * chunks * N * K)))) {
         free(gs);
         return CLLM_ENOMEM;
     }
@@ -326,7 +332,7 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
     }
     int err = n ? gemm_run(gs, n, num_threads) : 0;
     if (!err && partials) cllm_tree_reduce(partials, chunks, N * K, dw, accumulate, num_threads);
-    cllm_free(partials);
+    cllm_scratch_put(partials);
     free(gs);
     if (!err && db) err = bias_backward(dy, db, M, N, accumulate, num_threads);
     return err;

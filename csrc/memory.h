@@ -11,6 +11,11 @@
 #if defined(_MSC_VER) && !defined(__cplusplus)
 #define restrict __restrict
 #endif
+#if defined(_MSC_VER)
+#define CLLM_THREAD_LOCAL __declspec(thread)
+#else
+#define CLLM_THREAD_LOCAL _Thread_local
+#endif
 
 static inline void *cllm_alloc(size_t bytes)
 {
