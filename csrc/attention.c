@@ -25,11 +25,15 @@ typedef struct {
     float scale;            /* 1/√hs */
 } head_t;
 
-/* dst[d][j] = src[j·ld + d] for j < T (zero up to Tp).   src rows (T,hs) -> dst (hs,Tp) */
+/* dst[d][j] = src[j·ld + d] for j < T (zero up to Tp).   src rows (T,hs) -> dst (hs,Tp)
+ * 16 rows at a time: their hs values stay in L1 while each destination row gets 16 contiguous floats. */
 static void transpose_rows(const float *src, int64_t ld, int64_t T, int64_t hs, int64_t Tp, float *dst)
 {
-    for (int64_t j = 0; j < T; j++)
-        for (int64_t d = 0; d < hs; d++) dst[d * Tp + j] = src[j * ld + d];
+    for (int64_t j0 = 0; j0 < T; j0 += 16) {
+        int64_t nj = cllm_min(16, T - j0);
+        for (int64_t d = 0; d < hs; d++)
+            for (int64_t jj = 0; jj < nj; jj++) dst[d * Tp + j0 + jj] = src[(j0 + jj) * ld + d];
+    }
     for (int64_t d = 0; d < hs; d++)
         for (int64_t j = T; j < Tp; j++) dst[d * Tp + j] = 0.0f;
 }
@@ -40,7 +44,25 @@ static void tile_scores(const float *a[QR], const float *bt, int64_t Tp, int64_t
                         float scale, float *s)
 {
     vec vs = vset1(scale);
-    for (int64_t jv = 0; jv < nkv; jv += VW) {
+    int64_t jv = 0;
+    for (; jv + 2 * VW <= nkv; jv += 2 * VW) { /* two vectors of keys: 16 FMAs per 2 loads + 8 broadcasts */
+        vec acc0[QR], acc1[QR];
+        for (int r = 0; r < QR; r++) acc0[r] = acc1[r] = vzero();
+        const float *b = bt + j0 + jv;
+        for (int64_t d = 0; d < hs; d++) {
+            vec b0 = vloadu(b + d * Tp), b1 = vloadu(b + d * Tp + VW);
+            for (int r = 0; r < QR; r++) {
+                vec ar = vset1(a[r][d]);
+                acc0[r] = vfmadd(ar, b0, acc0[r]);
+                acc1[r] = vfmadd(ar, b1, acc1[r]);
+            }
+        }
+        for (int r = 0; r < QR; r++) {
+            vstoreu(s + r * KB + jv, vmul(acc0[r], vs));
+            vstoreu(s + r * KB + jv + VW, vmul(acc1[r], vs));
+        }
+    }
+    for (; jv < nkv; jv += VW) {
         vec acc[QR];
         for (int r = 0; r < QR; r++) acc[r] = vzero();
         const float *b = bt + j0 + jv;
@@ -57,6 +79,19 @@ static void tile_scores(const float *a[QR], const float *bt, int64_t Tp, int64_t
 static void tile_weighted_rows(const float *p, const float *rows, int64_t ld, int64_t nk, int64_t hs, float *acc)
 {
     int64_t d = 0;
+    for (; d + 2 * VW <= hs; d += 2 * VW) { /* two vectors of each row at a time */
+        vec a0[QR], a1[QR];
+        for (int r = 0; r < QR; r++) a0[r] = vloadu(acc + r * hs + d), a1[r] = vloadu(acc + r * hs + d + VW);
+        for (int64_t jj = 0; jj < nk; jj++) {
+            vec x0 = vloadu(rows + jj * ld + d), x1 = vloadu(rows + jj * ld + d + VW);
+            for (int r = 0; r < QR; r++) {
+                vec pr = vset1(p[r * KB + jj]);
+                a0[r] = vfmadd(pr, x0, a0[r]);
+                a1[r] = vfmadd(pr, x1, a1[r]);
+            }
+        }
+        for (int r = 0; r < QR; r++) vstoreu(acc + r * hs + d, a0[r]), vstoreu(acc + r * hs + d + VW, a1[r]);
+    }
     for (; d + VW <= hs; d += VW) {
         vec a[QR];
         for (int r = 0; r < QR; r++) a[r] = vloadu(acc + r * hs + d);
@@ -219,9 +254,11 @@ static void head_backward(const head_t *h, const float *dout, const float *out, 
         tile_rows(dout, ldo, i0, T, dov);
         for (int r = 0; r < QR; r++) {
             const float *o = out + cllm_min(i0 + r, T - 1) * ldo;
-            float acc = 0.0f;
-            for (int64_t d = 0; d < hs; d++) acc += dov[r][d] * o[d];
-            D[r] = acc;
+            vec acc = vzero();
+            int64_t d = 0;
+            for (; d + VW <= hs; d += VW) acc = vfmadd(vloadu(dov[r] + d), vloadu(o + d), acc);
+            D[r] = vhsum(acc);
+            for (; d < hs; d++) D[r] += dov[r][d] * o[d];
         }
         memset(dqa, 0, sizeof(float) * QR * hs);
         for (int64_t j0 = 0; j0 < kend; j0 += KB) {
