@@ -31,6 +31,7 @@ ISA_SOURCES = ["csrc/" + f for f in ("matmul.c", "embedding.c", "layernorm.c", "
                                      "crossentropy.c", "adamw.c")]
 KERNEL_SOURCES = ["cllm/_core/_kernels.pyx", "csrc/dispatch.c", "csrc/threads.c", "csrc/scratch.c"]
 DEPENDS = sorted(glob("csrc/**/*.[ch]", recursive=True) + glob("csrc/**/*.hpp", recursive=True))
+GENERATED = os.path.join("build", "generated")  # headers made at build time (the Unicode tables of the tokenizer)
 
 # Instruction-set flags per compiler family; the probe program must compile with them for the ISA to be built.
 ISA_FLAGS = {
@@ -111,7 +112,15 @@ class BuildExt(build_ext):
                 built[isa] = flags
         return built
 
+    def generate_sources(self):
+        """Build-time generated headers: the tokenizer's Unicode tables (tools/gen_unicode_tables.py)."""
+        generator = os.path.join("tools", "gen_unicode_tables.py")
+        if os.path.exists(generator):
+            os.makedirs(GENERATED, exist_ok=True)
+            self.spawn([sys.executable, generator, os.path.join(GENERATED, "unicode_tables.h")])
+
     def build_extensions(self):
+        self.generate_sources()
         msvc = self.compiler.compiler_type == "msvc"
         cflags = ["/O2", "/std:c11"] if msvc else ["-O3", "-Wall", "-Wno-unused-function"]
         ldflags = []
@@ -148,8 +157,10 @@ extensions = cythonize(
     [Extension("cllm._core._kernels", KERNEL_SOURCES, include_dirs=["csrc"], depends=DEPENDS)],
     compiler_directives={"language_level": 3},
 )
+# _bpe: the module file, its binding files (cllm/_core/bind_*.cpp) and the C++ core (csrc/bpe/*.cpp).
+BPE_SOURCES = ["cllm/_core/_bpe.cpp"] + sorted(glob("cllm/_core/bind_*.cpp")) + sorted(glob("csrc/bpe/*.cpp"))
 extensions.append(
-    Pybind11Extension("cllm._core._bpe", ["cllm/_core/_bpe.cpp"], include_dirs=["csrc"], depends=DEPENDS, cxx_std=17)
+    Pybind11Extension("cllm._core._bpe", BPE_SOURCES, include_dirs=["csrc", GENERATED], depends=DEPENDS, cxx_std=17)
 )
 
 setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})
