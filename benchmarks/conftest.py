@@ -24,14 +24,15 @@ def settle():
 
 @pytest.fixture
 def record(benchmark):
-    def _record(suite, case, threads, impl, work, unit):
-        """work: units of work per call (e.g. flops); stores throughput = work / median seconds."""
+    def _record(suite, case, threads, impl, work, unit, scale=(1e9, "G")):
+        """work: units of work per call (e.g. flops); stores throughput = work / median seconds.
+        scale: (divisor, prefix) for the summary table."""
         median = benchmark.stats.stats.median
         rate = work / median
-        row = RESULTS.setdefault((suite, case, threads), {"unit": unit})
+        row = RESULTS.setdefault((suite, case, threads), {"unit": unit, "scale": scale})
         row[impl] = rate
         benchmark.extra_info.update(suite=suite, case=case, threads=threads, impl=impl, unit=unit, rate=rate)
-        peers = [k for k in row if k not in ("unit", "cllm")]
+        peers = [k for k in row if k not in ("unit", "scale", "cllm")]
         if impl == "cllm" and peers:
             benchmark.extra_info["ratio"] = {p: rate / row[p] for p in peers}
         return rate

@@ -9,6 +9,7 @@ from .config import ModelConfig
 from .model import Model
 from .system import show_config
 from .threads import get_num_threads, set_num_threads, threads
+from .tokenizer import Tokenizer
 
-__all__ = ["Model", "ModelConfig", "__version__", "get_num_threads", "kernels", "optim", "set_num_threads",
+__all__ = ["Model", "ModelConfig", "Tokenizer", "__version__", "get_num_threads", "kernels", "optim", "set_num_threads",
            "show_config", "threads"]

@@ -1,0 +1,349 @@
+"""The GPT layers' kernels against PyTorch CPU, at the reference model's shapes (preset "small": B 16, T 256,
+C 256, NH 4, hs 64, H = 4C = 1024, V 8192; BT = 4096 rows), 1 and 2 threads (cllm: ``num_threads``; torch:
+``torch.set_num_threads``), the peer measured first so that the ratio lands in ours' extra_info.
+
+What is timed, each side in its own natural layout (inputs built and copied outside the timed function):
+
+- attention forward: ``attention_forward(qkv [B,T,3C])`` -> out, lse, vs
+  ``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` on contiguous [B,NH,T,hs] q, k, v.
+- attention backward: ``attention_backward(dout, qkv, out, lse)`` -> dqkv, vs the backward alone of that SDPA call:
+  the graph is built once and ``torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)`` is timed, which
+  runs only SDPA's backward node (fresh gradients each call, nothing accumulates). FLOP: 2·2·B·NH·(T(T+1)/2)·hs
+  for the forward (QKᵀ and PV over the causal triangle), 2.5× that for the backward (dV, dP, dQ, dK, and the
+  recomputed QKᵀ), the same count for both sides.
+- layernorm [BT, C], gelu [BT, 4C] (tanh approximation): forward vs ``F.layer_norm`` / ``F.gelu``; backward vs
+  ``torch.autograd.grad`` of that call with retain_graph. Unit: elements of x per second.
+- crossentropy: the fused loss + gradient ``crossentropy(logits [BT,V], targets, scale=1/BT)`` vs
+  ``F.cross_entropy`` (mean) forward + ``torch.autograd.grad`` wrt the logits. Our kernel overwrites its logits
+  with the gradient, so each round's (untimed) setup copies the logits into both sides' input buffers. Unit:
+  logits per second.
+- adamw: ``cllm.optim.AdamW(model).step()`` over the flat buffer of preset small (grad-norm, clipping to 1.0 and
+  the update) vs ``clip_grad_norm_`` + ``torch.optim.AdamW(fused=True)`` over tensors of the state dict's shapes,
+  the same decay groups and hyper-parameters. Unit: parameters per second.
+- embedding forward: ``embedding_forward(idx, wte, wpe)`` vs ``F.embedding(idx, wte) + wpe``; backward:
+  ``embedding_backward`` vs ``torch.autograd.grad`` of that expression wrt (wte, wpe). Unit: elements of the
+  [B, T, C] output per second.
+
+Fairness notes: cllm writes into buffers it is given while torch allocates its results (that is how each is
+used in a training step). cllm's backward kernels for layernorm and embedding *add* into gradients that the
+model zeroes once per step (one memset of the whole gradient buffer, not timed here); torch returns fresh
+gradients, so its figures include zero-filling them (for the embedding, the [V, C] dwte: 8 MB). torch's
+cross-entropy allocates [BT, V] tensors (128 MB: the log-softmax, the gradient) on every call, which glibc maps
+fresh from the OS: their page faults are a large part of its time, as they are in a torch training step.
+
+Before the first timing, each cllm case runs both sides once and asserts ours matches torch's to 1e-4 relative
+max-norm (max |ours - torch| / max |torch|) on every output (for AdamW: the parameters and both moments).
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Callable
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import cllm  # noqa: E402
+from cllm import kernels  # noqa: E402
+from cllm.model import is_decayed, parameter_shapes  # noqa: E402
+
+from conftest import settle  # noqa: E402
+
+CFG = cllm.ModelConfig.preset("small")
+B, T, C, NH, V = 16, CFG.context_length, CFG.d_model, CFG.n_heads, CFG.vocab_size
+HS, H, BT = C // NH, CFG.mlp_ratio * C, 16 * CFG.context_length
+LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
+TOL = 1e-4
+N_PARAMS = sum(math.prod(shape) for shape in parameter_shapes(CFG).values())
+ATTN_FLOP = 2 * 2 * B * NH * (T * (T + 1) // 2) * HS
+MEGA = (1e6, "M")
+GIGA = (1e9, "G")
+
+
+@dataclasses.dataclass
+class Case:
+    fn: Callable  # the timed call
+    outputs: Callable  # -> list of numpy arrays, the results of the last call, in a layout both sides share
+    setup: Callable = None  # untimed, before each round
+
+
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+# --- inputs (built once, shared by every case) -------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def attention_inputs():
+    r = rng(1)
+    return r.standard_normal((B, T, 3 * C), dtype=np.float32), r.standard_normal((B, T, C), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def rowwise_inputs(width):
+    """x, dout [BT, width] and LayerNorm's w, b [width]."""
+    r = rng(2)
+    x = r.standard_normal((BT, width), dtype=np.float32)
+    dout = r.standard_normal((BT, width), dtype=np.float32)
+    w = 1 + 0.1 * r.standard_normal(width, dtype=np.float32)
+    b = 0.1 * r.standard_normal(width, dtype=np.float32)
+    return x, dout, w, b
+
+
+@functools.lru_cache(maxsize=None)
+def crossentropy_inputs():
+    r = rng(3)
+    logits = 2 * r.standard_normal((BT, V), dtype=np.float32)
+    return logits, r.integers(0, V, BT, dtype=np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def embedding_inputs():
+    r = rng(4)
+    idx = r.integers(0, V, (B, T), dtype=np.int32)
+    wte = 0.02 * r.standard_normal((V, C), dtype=np.float32)
+    wpe = 0.02 * r.standard_normal((T, C), dtype=np.float32)
+    return idx, wte, wpe, r.standard_normal((B, T, C), dtype=np.float32)
+
+
+def tensor(a, grad=False):
+    return torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(grad)
+
+
+def numpy(t):
+    return t.detach().numpy()
+
+
+def heads(a, grad=False):
+    """[B, T, C] numpy -> [B, NH, T, hs] contiguous torch."""
+    return torch.from_numpy(a).view(B, T, NH, HS).transpose(1, 2).contiguous().requires_grad_(grad)
+
+
+def unheads(t):
+    """[B, NH, T, hs] torch -> [B, T, C] numpy."""
+    return numpy(t.transpose(1, 2).reshape(B, T, C))
+
+
+# --- the cases: build(impl, threads) -> Case ----------------------------------------------------------------
+
+def attention_forward(impl, threads):
+    qkv, _ = attention_inputs()
+    if impl == "cllm":
+        out, lse = np.empty((B, T, C), np.float32), np.empty((B, NH, T), np.float32)
+        return Case(lambda: kernels.attention_forward(qkv, NH, out=out, lse=lse, num_threads=threads),
+                    lambda: [out])
+    q, k, v = (heads(qkv[:, :, i * C:(i + 1) * C]) for i in range(3))
+    res = {}
+
+    def fn():
+        res["out"] = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return Case(fn, lambda: [unheads(res["out"])])
+
+
+def attention_backward(impl, threads):
+    qkv, dout = attention_inputs()
+    if impl == "cllm":
+        out, lse = kernels.attention_forward(qkv, NH, num_threads=threads)
+        dqkv = np.empty_like(qkv)
+        return Case(lambda: kernels.attention_backward(dout, qkv, out, lse, dqkv=dqkv, num_threads=threads),
+                    lambda: [dqkv])
+    q, k, v = (heads(qkv[:, :, i * C:(i + 1) * C], grad=True) for i in range(3))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    dout_t, res = heads(dout), {}
+
+    def fn():
+        res["g"] = torch.autograd.grad(out, (q, k, v), dout_t, retain_graph=True)
+    return Case(fn, lambda: [np.concatenate([unheads(g) for g in res["g"]], axis=2)])
+
+
+def layernorm_forward(impl, threads):
+    x, _, w, b = rowwise_inputs(C)
+    if impl == "cllm":
+        out, mean, rstd = np.empty_like(x), np.empty(BT, np.float32), np.empty(BT, np.float32)
+        return Case(lambda: kernels.layernorm_forward(x, w, b, out=out, mean=mean, rstd=rstd, num_threads=threads),
+                    lambda: [out])
+    xt, wt, bt = tensor(x), tensor(w), tensor(b)
+    res = {}
+
+    def fn():
+        res["y"] = F.layer_norm(xt, (C,), wt, bt, eps=1e-5)
+    return Case(fn, lambda: [numpy(res["y"])])
+
+
+def layernorm_backward(impl, threads):
+    x, dout, w, b = rowwise_inputs(C)
+    if impl == "cllm":
+        _, mean, rstd = kernels.layernorm_forward(x, w, b, num_threads=threads)
+        dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)  # added into: exact on the first call
+        return Case(lambda: kernels.layernorm_backward(dout, x, w, mean, rstd, dx, dw, db, num_threads=threads),
+                    lambda: [dx, dw, db])
+    xt, wt, bt = tensor(x, True), tensor(w, True), tensor(b, True)
+    y = F.layer_norm(xt, (C,), wt, bt, eps=1e-5)
+    dout_t, res = tensor(dout), {}
+
+    def fn():
+        res["g"] = torch.autograd.grad(y, (xt, wt, bt), dout_t, retain_graph=True)
+    return Case(fn, lambda: [numpy(g) for g in res["g"]])
+
+
+def gelu_forward(impl, threads):
+    x = rowwise_inputs(H)[0]
+    if impl == "cllm":
+        out = np.empty_like(x)
+        return Case(lambda: kernels.gelu_forward(x, out=out, num_threads=threads), lambda: [out])
+    xt, res = tensor(x), {}
+
+    def fn():
+        res["y"] = F.gelu(xt, approximate="tanh")
+    return Case(fn, lambda: [numpy(res["y"])])
+
+
+def gelu_backward(impl, threads):
+    x, dout = rowwise_inputs(H)[:2]
+    if impl == "cllm":
+        dx = np.empty_like(x)
+        return Case(lambda: kernels.gelu_backward(x, dout, dx=dx, num_threads=threads), lambda: [dx])
+    xt = tensor(x, True)
+    y = F.gelu(xt, approximate="tanh")
+    dout_t, res = tensor(dout), {}
+
+    def fn():
+        res["g"] = torch.autograd.grad(y, xt, dout_t, retain_graph=True)
+    return Case(fn, lambda: [numpy(res["g"][0])])
+
+
+def crossentropy(impl, threads):
+    logits, targets = crossentropy_inputs()
+    if impl == "cllm":
+        buf, losses = np.empty_like(logits), np.empty(BT, np.float32)
+        return Case(lambda: kernels.crossentropy(buf, targets, scale=1.0 / BT, losses=losses, num_threads=threads),
+                    lambda: [np.array([losses.mean(dtype=np.float64)]), buf],
+                    setup=lambda: np.copyto(buf, logits))
+    lt, tt = tensor(np.empty_like(logits), True), torch.from_numpy(targets.astype(np.int64))
+    res = {}
+
+    def fn():
+        loss = F.cross_entropy(lt, tt)
+        res["loss"], res["g"] = loss, torch.autograd.grad(loss, lt)[0]
+    return Case(fn, lambda: [np.array([res["loss"].item()]), numpy(res["g"])],
+                setup=lambda: np.copyto(numpy(lt), logits))
+
+
+@functools.lru_cache(maxsize=None)
+def adamw_grads():
+    """Random gradients by state-dict name (the flat buffer's alignment padding stays 0)."""
+    r = rng(5)
+    shapes = parameter_shapes(CFG)
+    return {name: r.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+
+
+def adamw(impl, threads):
+    model = cllm.Model(CFG, seed=0)
+    if impl == "cllm":
+        for name, g in model.grads().items():
+            g[...] = adamw_grads()[name]
+        opt = cllm.optim.AdamW(model, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP)
+
+        base = model.params.ctypes.data  # positions of the parameters in the flat buffers (without the padding)
+        at = np.concatenate([np.arange(p.size) + (p.ctypes.data - base) // 4 for p in model.state_dict().values()])
+
+        def fn():
+            with cllm.threads(threads):
+                opt.step()
+        return Case(fn, lambda: [model.params[at], opt.m[at], opt.v[at]])
+    params = {name: torch.nn.Parameter(torch.from_numpy(p.copy())) for name, p in model.state_dict().items()}
+    for name, p in params.items():
+        p.grad = torch.from_numpy(adamw_grads()[name].copy())
+    groups = [{"params": [p for n, p in params.items() if is_decayed(n)], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for n, p in params.items() if not is_decayed(n)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
+    plist = list(params.values())
+
+    def fn():
+        torch.nn.utils.clip_grad_norm_(plist, GRAD_CLIP)
+        opt.step()
+    flat = lambda tensors: np.concatenate([numpy(t).ravel() for t in tensors])
+    return Case(fn, lambda: [flat(plist)] + [flat(opt.state[p][k] for p in plist) for k in ("exp_avg", "exp_avg_sq")])
+
+
+def embedding_forward(impl, threads):
+    idx, wte, wpe, _ = embedding_inputs()
+    if impl == "cllm":
+        out = np.empty((B, T, C), np.float32)
+        return Case(lambda: kernels.embedding_forward(idx, wte, wpe, out=out, num_threads=threads), lambda: [out])
+    it, wte_t, wpe_t, res = torch.from_numpy(idx.astype(np.int64)), tensor(wte), tensor(wpe), {}
+
+    def fn():
+        res["out"] = F.embedding(it, wte_t) + wpe_t
+    return Case(fn, lambda: [numpy(res["out"])])
+
+
+def embedding_backward(impl, threads):
+    idx, wte, wpe, dout = embedding_inputs()
+    if impl == "cllm":
+        dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)  # added into: exact on the first call
+        return Case(lambda: kernels.embedding_backward(dout, idx, dwte, dwpe, num_threads=threads),
+                    lambda: [dwte, dwpe])
+    it, wte_t, wpe_t = torch.from_numpy(idx.astype(np.int64)), tensor(wte, True), tensor(wpe, True)
+    out = F.embedding(it, wte_t) + wpe_t
+    dout_t, res = tensor(dout), {}
+
+    def fn():
+        res["g"] = torch.autograd.grad(out, (wte_t, wpe_t), dout_t, retain_graph=True)
+    return Case(fn, lambda: [numpy(g) for g in res["g"]])
+
+
+# kernel -> (build, suite, case, work per call, unit, table scale, rounds)
+KERNELS = {
+    "attention_forward": (attention_forward, "attention", f"forward B{B} T{T} NH{NH} hs{HS}", ATTN_FLOP, "FLOP",
+                          GIGA, 30),
+    "attention_backward": (attention_backward, "attention", f"backward B{B} T{T} NH{NH} hs{HS}", 2.5 * ATTN_FLOP,
+                           "FLOP", GIGA, 20),
+    "layernorm_forward": (layernorm_forward, "layernorm", f"forward [{BT}, {C}]", BT * C, "element", MEGA, 100),
+    "layernorm_backward": (layernorm_backward, "layernorm", f"backward [{BT}, {C}]", BT * C, "element", MEGA, 100),
+    "gelu_forward": (gelu_forward, "gelu", f"forward [{BT}, {H}]", BT * H, "element", MEGA, 50),
+    "gelu_backward": (gelu_backward, "gelu", f"backward [{BT}, {H}]", BT * H, "element", MEGA, 50),
+    "crossentropy": (crossentropy, "crossentropy", f"fwd+bwd [{BT}, {V}]", BT * V, "logit", MEGA, 10),
+    "adamw": (adamw, "adamw", f"step+clip {N_PARAMS / 1e6:.2f}M params", N_PARAMS,
+              "param", MEGA, 40),
+    "embedding_forward": (embedding_forward, "embedding", f"forward BT{BT} C{C} V{V}", BT * C, "element", MEGA,
+                          100),
+    "embedding_backward": (embedding_backward, "embedding", f"backward BT{BT} C{C} V{V}", BT * C, "element", MEGA,
+                           100),
+}
+CASES = [(kernel, threads, impl) for kernel in KERNELS for threads in (1, 2) for impl in ("torch", "cllm")]
+
+
+def max_rel(ours, ref):
+    """max |ours - ref| / max |ref|, in float64."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def assert_matches_torch(kernel, ours, threads):
+    """Run both sides once (their first call: accumulating kernels start from zero) and compare every output."""
+    peer = KERNELS[kernel][0]("torch", threads)
+    for case in (peer, ours):
+        if case.setup:
+            case.setup()
+        case.fn()
+    for i, (a, b) in enumerate(zip(ours.outputs(), peer.outputs(), strict=True)):
+        assert a.shape == b.shape, f"{kernel} output {i}: shape {a.shape} vs torch's {b.shape}"
+        err = max_rel(a, b)
+        assert err < TOL, f"{kernel} output {i}: max relative error {err:.2e} vs torch (tolerance {TOL})"
+
+
+@pytest.mark.parametrize("kernel,threads,impl", CASES, ids=[f"{k}-t{t}-{i}" for k, t, i in CASES])
+def test_layer(benchmark, record_rate, kernel, threads, impl):
+    build, suite, case_name, work, unit, scale, rounds = KERNELS[kernel]
+    torch.set_num_threads(threads)  # the peer's threads (also those of the reference run in the check)
+    case = build(impl, threads)
+    if impl == "cllm":
+        assert_matches_torch(kernel, case, threads)
+    settle()
+    benchmark.pedantic(case.fn, setup=case.setup, rounds=rounds, iterations=1, warmup_rounds=3)
+    # the rate of the median round; record_rate rather than record only to print these units at a readable scale
+    record_rate(suite, case_name, threads, impl, work / benchmark.stats.stats.median, unit, scale=scale)
