@@ -200,6 +200,8 @@ class Tokenizer:
         b2u = _byte_to_unicode()
         text = lambda b: "".join(b2u[x] for x in b)
         vocab = {text(b): i for i, b in enumerate(self._bytes)}
+        if len(vocab) != len(self._bytes):  # two merges that spell the same bytes: tokenizer.json has one id each
+            raise ValueError("Tokenizer.save: two tokens have the same bytes; tokenizer.json cannot hold them")
         merges = [f"{text(self._bytes[a])} {text(self._bytes[b])}" for a, b in self.merges]
         if self.pattern == "gpt2":
             pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
