@@ -68,6 +68,7 @@ ENCODE_CASES = [(threads, impl) for threads in (1, 2) for impl in ("tiktoken", "
 
 @pytest.mark.parametrize("threads,impl", ENCODE_CASES, ids=[f"t{t}-{i}" for t, i in ENCODE_CASES])
 def test_encode(benchmark, record, encoders, threads, impl):
+    """Lists of ids, as both libraries return them (building 8.6 M Python ints is serial work for both)."""
     tok, tt, texts = encoders
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     if impl == "cllm":
@@ -79,3 +80,14 @@ def test_encode(benchmark, record, encoders, threads, impl):
     settle()
     benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
     record("bpe_encode", "stdlib vocab 8192", threads, impl, n_bytes, "B", scale=(1e6, "M"))
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_encode_to_arrays(benchmark, record, encoders, threads):
+    """The bulk path (numpy arrays, what `cllm tokenize` uses): how our encoder itself scales with threads."""
+    tok, _, texts = encoders
+    data = [t.encode("utf-8") for t in texts]
+    settle()
+    benchmark.pedantic(lambda: tok.encode_batch_to_arrays(data, num_threads=threads), rounds=3, iterations=1,
+                       warmup_rounds=1)
+    record("bpe_encode_arrays", "stdlib vocab 8192", threads, "cllm", sum(map(len, data)), "B", scale=(1e6, "M"))

@@ -96,7 +96,7 @@ def tokenize_corpus(inputs, output, *, vocab_size: int = 50_000, val_fraction: f
     def flush(batch):
         for split, docs in batch.items():
             if docs:
-                for ids in tok._encoder.encode_batch(docs, nt):
+                for ids in tok.encode_batch_to_arrays(docs, nt):
                     writers[split].write(np.concatenate([ids, eot]))
                     counts[split]["tokens"] += ids.size + 1
             docs.clear()

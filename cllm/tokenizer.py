@@ -171,6 +171,13 @@ class Tokenizer:
         """Token ids of bytes as a numpy uint32 array (no special tokens; for bulk tokenizing)."""
         return self._encoder.encode(bytes(data))
 
+    def encode_batch_to_arrays(self, docs, num_threads=None) -> list[np.ndarray]:
+        """Token ids of many documents (str or bytes; no special tokens) as numpy uint32 arrays, in parallel:
+        the bulk path of ``cllm tokenize``, without the cost of building Python lists."""
+        nt = resolve_num_threads(num_threads, "Tokenizer.encode_batch_to_arrays: num_threads")
+        data = [d.encode("utf-8", "surrogatepass") if isinstance(d, str) else bytes(d) for d in docs]
+        return self._encoder.encode_batch(data, nt)
+
     def decode_bytes(self, ids) -> bytes:
         """The bytes of a sequence of token ids."""
         try:

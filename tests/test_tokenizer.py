@@ -66,9 +66,10 @@ def test_bytes_roundtrip(tok, data):
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.text(), max_size=12))
 def test_encode_batch_equals_encode(tok, texts):
-    expected = [tok.encode(t) for t in texts]
+    expected = [tok.encode_ordinary(t) for t in texts]
     for nt in (1, 3, 8):
-        assert tok.encode_batch(texts, num_threads=nt) == expected
+        assert tok.encode_batch(texts, num_threads=nt, allowed_special="all") == [tok.encode(t, "all") for t in texts]
+        assert [a.tolist() for a in tok.encode_batch_to_arrays(texts, num_threads=nt)] == expected
 
 
 def test_special_tokens(tok):
