@@ -22,20 +22,23 @@ def settle():
     time.sleep(0.3)
 
 
+def _store(benchmark, suite, case, threads, impl, rate, unit, scale):
+    """Keep a throughput for the summary table; ours (measured after its peers) gets the ratios in extra_info."""
+    row = RESULTS.setdefault((suite, case, threads), {"unit": unit, "scale": scale})
+    row[impl] = rate
+    benchmark.extra_info.update(suite=suite, case=case, threads=threads, impl=impl, unit=unit, rate=rate)
+    peers = [k for k in row if k not in ("unit", "scale", "cllm")]
+    if impl == "cllm" and peers:
+        benchmark.extra_info["ratio"] = {p: rate / row[p] for p in peers}
+    return rate
+
+
 @pytest.fixture
 def record(benchmark):
     def _record(suite, case, threads, impl, work, unit, scale=(1e9, "G")):
         """work: units of work per call (e.g. flops); stores throughput = work / median seconds.
         scale: (divisor, prefix) for the summary table."""
-        median = benchmark.stats.stats.median
-        rate = work / median
-        row = RESULTS.setdefault((suite, case, threads), {"unit": unit, "scale": scale})
-        row[impl] = rate
-        benchmark.extra_info.update(suite=suite, case=case, threads=threads, impl=impl, unit=unit, rate=rate)
-        peers = [k for k in row if k not in ("unit", "scale", "cllm")]
-        if impl == "cllm" and peers:
-            benchmark.extra_info["ratio"] = {p: rate / row[p] for p in peers}
-        return rate
+        return _store(benchmark, suite, case, threads, impl, work / benchmark.stats.stats.median, unit, scale)
 
     return _record
 
@@ -65,12 +68,6 @@ def record_rate(benchmark):
     def _record_rate(suite, case, threads, impl, rate, unit, scale=(1, "")):
         """Like ``record``, for a rate measured elsewhere (e.g. inside a worker process): stores it as given.
         scale: (divisor, prefix) for the summary table, e.g. (1e3, "k") prints 12.3 ktoken/s."""
-        row = RESULTS.setdefault((suite, case, threads), {"unit": unit, "scale": scale})
-        row[impl] = rate
-        benchmark.extra_info.update(suite=suite, case=case, threads=threads, impl=impl, unit=unit, rate=rate)
-        peers = [k for k in row if k not in ("unit", "scale", "cllm")]
-        if impl == "cllm" and peers:
-            benchmark.extra_info["ratio"] = {p: rate / row[p] for p in peers}
-        return rate
+        return _store(benchmark, suite, case, threads, impl, rate, unit, scale)
 
     return _record_rate

@@ -25,6 +25,15 @@ typedef struct {
     float scale;            /* 1/√hs */
 } head_t;
 
+/* Head hh of batch row b of qkv (B,T,3C). */
+static head_t head_of(const float *qkv, int64_t b, int64_t hh, int64_t T, int64_t C, int64_t NH)
+{
+    int64_t hs = C / NH;
+    const float *base = qkv + b * T * 3 * C + hh * hs;
+    head_t h = {base, base + C, base + 2 * C, 3 * C, T, hs, cllm_round_up(T, VW), 1.0f / sqrtf((float)hs)};
+    return h;
+}
+
 /* dst[d][j] = src[j·ld + d] for j < T (zero up to Tp).   src rows (T,hs) -> dst (hs,Tp)
  * 16 rows at a time: their hs values stay in L1 while each destination row gets 16 contiguous floats. */
 static void transpose_rows(const float *src, int64_t ld, int64_t T, int64_t hs, int64_t Tp, float *dst)
@@ -201,8 +210,7 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
         for (int64_t u = 0; u < B * NH; u++) {
             if (!ok) continue;
             int64_t b = u / NH, hh = u % NH;
-            const float *base = qkv + b * T * 3 * C + hh * hs;
-            head_t h = {base, base + C, base + 2 * C, 3 * C, T, hs, Tp, 1.0f / sqrtf((float)hs)};
+            head_t h = head_of(qkv, b, hh, T, C, NH);
             head_forward(&h, out + b * T * C + hh * hs, C, lse + u * T, kt, s, acc);
         }
         cllm_free(kt);
@@ -315,8 +323,7 @@ int ISA_FN(cllm_attention_backward)(const float *dout, const float *qkv, const f
         for (int64_t u = 0; u < B * NH; u++) {
             if (!ok) continue;
             int64_t b = u / NH, hh = u % NH;
-            const float *base = qkv + b * T * 3 * C + hh * hs;
-            head_t h = {base, base + C, base + 2 * C, 3 * C, T, hs, Tp, 1.0f / sqrtf((float)hs)};
+            head_t h = head_of(qkv, b, hh, T, C, NH);
             float *dbase = dqkv + b * T * 3 * C + hh * hs;
             const float *ob = out + b * T * C + hh * hs, *dob = dout + b * T * C + hh * hs;
             head_backward(&h, dob, ob, C, lse + u * T, dbase, dbase + C, dbase + 2 * C, 3 * C, kt, vt, p, ds, dqa);

@@ -1,5 +1,6 @@
 // Byte-level BPE encoding (the rule and the algorithms are described in encode.hpp).
 #include "encode.hpp"
+#include "hash.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -16,26 +17,6 @@ namespace cllm_bpe {
 namespace {
 
 constexpr size_t kShortPiece = 64;  // pieces up to this many bytes are merged in arrays, longer ones in a heap
-
-inline uint64_t hash_piece(const unsigned char *p, size_t n)
-{
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t(n) * 0xc4ceb9fe1a85ec53ULL);
-    for (; n >= 8; p += 8, n -= 8) {
-        uint64_t v;
-        std::memcpy(&v, p, 8);
-        h = (h ^ v) * 0x9E3779B97F4A7C15ULL;
-        h ^= h >> 29;
-    }
-    if (n) {
-        uint64_t v = 0;
-        std::memcpy(&v, p, n);
-        h = (h ^ v) * 0x9E3779B97F4A7C15ULL;
-    }
-    h ^= h >> 32;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 29;
-    return h;
-}
 
 }  // namespace
 
@@ -237,7 +218,7 @@ void Encoder::encode_with(std::string_view text, Pattern pattern, std::vector<ui
         if (n == 1) {
             out.push_back(p[0]);
         } else if (n <= PieceCache::kMaxKey) {
-            const uint64_t h = hash_piece(p, n);
+            const uint64_t h = hash_bytes(std::string_view(reinterpret_cast<const char *>(p), n));
             if (cache.get(p, n, h, out)) continue;
             const size_t at = out.size();
             merge_short(p, n, out);

@@ -12,6 +12,7 @@
 //           lower (a pair whose count grows gets a fresh entry after the merge step that grew it)
 // Only the initial count of the byte pairs runs on several threads; the merge loop is sequential, so the result
 // cannot depend on the thread count.
+#include "hash.hpp"
 #include "train.hpp"
 
 #include <algorithm>
@@ -27,35 +28,6 @@
 namespace cllm_bpe {
 
 namespace {
-
-inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
-uint64_t hash_bytes(std::string_view s)
-{
-    const unsigned char *p = reinterpret_cast<const unsigned char *>(s.data());
-    size_t n = s.size();
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t(n) * 0xc4ceb9fe1a85ec53ULL);
-    for (; n >= 8; p += 8, n -= 8) {
-        uint64_t v;
-        std::memcpy(&v, p, 8);
-        h = (h ^ v) * 0x9E3779B97F4A7C15ULL;
-        h ^= h >> 29;
-    }
-    if (n) {
-        uint64_t v = 0;
-        std::memcpy(&v, p, n);
-        h = (h ^ v) * 0x9E3779B97F4A7C15ULL;
-    }
-    return mix64(h);
-}
 
 // Compares the byte strings x1+x2 and y1+y2 (unsigned bytes, a proper prefix first): <0, 0, >0.
 int compare_concat(std::string_view x1, std::string_view x2, std::string_view y1, std::string_view y2)
