@@ -199,9 +199,9 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *kt = cllm_alloc(sizeof(float) * hs * Tp), *s = cllm_alloc(sizeof(float) * QR * KB);
-        float *acc = cllm_alloc(sizeof(float) * QR * hs);
-        int ok = kt && s && acc;
+        float *kt = cllm_alloc(sizeof(float) * (hs * Tp + QR * KB + QR * hs)); /* one block per thread */
+        float *s = kt ? kt + hs * Tp : NULL, *acc = kt ? s + QR * KB : NULL;
+        int ok = kt != NULL;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -214,8 +214,6 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
             head_forward(&h, out + b * T * C + hh * hs, C, lse + u * T, kt, s, acc);
         }
         cllm_free(kt);
-        cllm_free(s);
-        cllm_free(acc);
     }
     return failed ? CLLM_ENOMEM : 0;
 }
@@ -311,10 +309,10 @@ int ISA_FN(cllm_attention_backward)(const float *dout, const float *qkv, const f
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *kt = cllm_alloc(sizeof(float) * hs * Tp), *vt = cllm_alloc(sizeof(float) * hs * Tp);
-        float *p = cllm_alloc(sizeof(float) * QR * KB), *ds = cllm_alloc(sizeof(float) * QR * KB);
-        float *dqa = cllm_alloc(sizeof(float) * QR * hs);
-        int ok = kt && vt && p && ds && dqa;
+        float *kt = cllm_alloc(sizeof(float) * (2 * hs * Tp + 2 * QR * KB + QR * hs)); /* one block per thread */
+        float *vt = kt ? kt + hs * Tp : NULL, *p = kt ? vt + hs * Tp : NULL;
+        float *ds = kt ? p + QR * KB : NULL, *dqa = kt ? ds + QR * KB : NULL;
+        int ok = kt != NULL;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -329,10 +327,6 @@ int ISA_FN(cllm_attention_backward)(const float *dout, const float *qkv, const f
             head_backward(&h, dob, ob, C, lse + u * T, dbase, dbase + C, dbase + 2 * C, 3 * C, kt, vt, p, ds, dqa);
         }
         cllm_free(kt);
-        cllm_free(vt);
-        cllm_free(p);
-        cllm_free(ds);
-        cllm_free(dqa);
     }
     return failed ? CLLM_ENOMEM : 0;
 }
