@@ -6,10 +6,11 @@ The public API, re-exported (ARCHITECTURE.md "Contract"); each name lives in the
 from . import kernels, optim
 from ._version import __version__
 from .config import ModelConfig
+from .fileformat import FormatError, load
 from .model import Model
 from .system import show_config
 from .threads import get_num_threads, set_num_threads, threads
 from .tokenizer import Tokenizer
 
-__all__ = ["Model", "ModelConfig", "Tokenizer", "__version__", "get_num_threads", "kernels", "optim", "set_num_threads",
-           "show_config", "threads"]
+__all__ = ["FormatError", "Model", "ModelConfig", "Tokenizer", "__version__", "get_num_threads", "kernels", "load", "optim",
+           "set_num_threads", "show_config", "threads"]

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 usage error (bad arguments or inputs), 1 failure; error
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from ._version import __version__
@@ -44,6 +45,57 @@ def _tokenize(args) -> int:
     return 0
 
 
+def _info(args) -> int:
+    from .fileformat import read
+
+    f = read(args.file, mmap=True, verify=not args.no_verify)
+    summary = _describe(f, verified=not args.no_verify)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    m, c = summary["model"], summary["model"]["config"]
+    print(f"{f.path}: .cllm format {summary['format_version']}, {summary['file_bytes']:,} bytes")
+    print(f"model:      GPT-2, {m['parameters']:,} parameters ({m['parameter_bytes'] / 1e6:.1f} MB float32): "
+          f"vocab {c['vocab_size']}, context {c['context_length']}, d_model {c['d_model']}, {c['n_layers']} layers, "
+          f"{c['n_heads']} heads, MLP {c['mlp_ratio']}x")
+    t = summary["tokenizer"]
+    print("tokenizer:  none" if t is None else
+          f"tokenizer:  byte-level BPE, {t['vocab_size']:,} tokens ({t['merges']:,} merges), pattern {t['pattern']}, "
+          f"special {', '.join(t['special_tokens']) or 'none'}")
+    training = summary["training"]
+    print("training:   " + (", ".join(f"{k} {v}" for k, v in training.items()) if training else "no summary"))
+    if summary["checkpoint"]:
+        ck = summary["checkpoint"]
+        opt = f"AdamW at step {ck['optimizer_step']}" if ck["optimizer_step"] is not None else "no optimizer state"
+        print(f"checkpoint: {opt}; trainer state: {', '.join(ck['trainer_keys']) or 'none'}")
+    print(f"tensors:    {summary['tensors']}, checksums {summary['checksums']}")
+    return 0
+
+
+def _describe(f, verified: bool) -> dict:
+    """What `cllm info` shows, as a JSON-able dict."""
+    model, tok = f.model, f.model.tokenizer
+    checkpoint = f.header.get("checkpoint") or {}
+    return {
+        "path": str(f.path), "format_version": ".".join(map(str, f.version)), "file_bytes": f.path.stat().st_size,
+        "model": {"config": model.config.to_dict(), "parameters": model.n_params, "parameter_bytes": 4 * model.n_params},
+        "tokenizer": None if tok is None else {"vocab_size": tok.vocab_size, "merges": len(tok.merges),
+                                               "pattern": tok.pattern, "special_tokens": list(tok.special_tokens)},
+        "training": model.training_summary,
+        "checkpoint": {"optimizer_step": f.optimizer["step"] if f.optimizer else None,
+                       "trainer_keys": sorted(f.trainer_state or {})} if checkpoint else None,
+        "tensors": len(f.header["tensors"]), "checksums": "OK" if verified else "not verified (--no-verify)",
+    }
+
+
+def _export(args) -> int:
+    from .export import export
+
+    written = export(args.file, args.directory, to=args.to)
+    print(f"exported {args.file} -> " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cllm", description="Train small GPT models from source files or web pages.")
     parser.add_argument("--version", action="version", version=f"cllm {__version__}")
@@ -64,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-tokens", type=_positive_int, default=100_000_000, help="tokens per shard file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_tokenize)
+
+    p = sub.add_parser("info", help="describe a .cllm file and verify its checksums",
+                       description="Show a .cllm file's format version, model config and size, tokenizer, training "
+                                   "summary and checkpoint contents, after checking its structure and checksums.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the checksums (which read the whole file)")
+    p.set_defaults(run=_info)
+
+    p = sub.add_parser("export", help="export a .cllm model to safetensors + config.json + tokenizer.json",
+                       description="Write the model's weights (state-dict names, nn.Linear layouts) as "
+                                   "model.safetensors, its config as config.json and its tokenizer as tokenizer.json.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--to", choices=("safetensors",), default="safetensors", help="output format")
+    p.add_argument("directory", metavar="DIR")
+    p.set_defaults(run=_export)
     return parser
 
 

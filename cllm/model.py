@@ -42,6 +42,16 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple]:
     return shapes
 
 
+def parameter_layout(config: ModelConfig) -> tuple[dict[str, tuple[int, tuple]], int]:
+    """({name: (offset, shape)}, total size) of the flat parameter buffer, in elements: the tensors in
+    ``parameter_shapes`` order, each starting on a multiple of ALIGN (64 bytes), zeros in between."""
+    layout, offset = {}, 0
+    for name, shape in parameter_shapes(config).items():
+        layout[name] = (offset, shape)
+        offset += -(-math.prod(shape) // ALIGN) * ALIGN
+    return layout, offset
+
+
 def is_decayed(name: str) -> bool:
     """AdamW's weight decay applies to the 2-D weight matrices (the token embedding / tied head included) and
     not to biases, LayerNorm parameters or the position embedding, as in nanoGPT and GPT-2 practice: decaying
@@ -53,29 +63,47 @@ class Model:
     """A GPT-2 style language model whose parameters live in one contiguous float32 buffer (``params``), with
     gradients in a second one of the same layout (``grad_buffer``)."""
 
-    def __init__(self, config: ModelConfig, seed: int = 0):
+    def __init__(self, config: ModelConfig, seed: int = 0, *, params: np.ndarray | None = None):
+        """A new model with GPT-2's initialisation from ``seed``; or, with ``params``, a model over that existing
+        flat float32 buffer (laid out as ``parameter_layout(config)``, used without a copy: how ``cllm.load``
+        maps a file)."""
         if not isinstance(config, ModelConfig):
             raise TypeError(f"Model: config must be a cllm.ModelConfig (got {type(config).__name__})")
         self.config = config
         self.tokenizer = None
-        self._shapes = parameter_shapes(config)
-        self._offsets, offset = {}, 0
-        for name, shape in self._shapes.items():
-            self._offsets[name] = offset
-            offset += -(-math.prod(shape) // ALIGN) * ALIGN
-        self.params = np.zeros(offset, dtype=np.float32)
-        self.grad_buffer = np.zeros(offset, dtype=np.float32)
+        self.training_summary: dict = {}  # what the trainer reports about this model's training; saved with it
+        self._layout, size = parameter_layout(config)
+        if params is None:
+            self.params = np.zeros(size, dtype=np.float32)
+        elif params.dtype != np.float32 or params.shape != (size,) or not params.flags.c_contiguous:
+            raise ValueError(f"Model: params must be a contiguous float32 buffer of {size} elements "
+                             f"(got {params.dtype} {list(params.shape)})")
+        else:
+            self.params = params
         self._p = self._views(self.params)
-        self._g = self._views(self.grad_buffer)
-        self._init_weights(seed)
+        self._grad_buffer = None  # allocated by the first backward: inference never needs it
+        if params is None:
+            self._init_weights(seed)
         self._acts = None  # activation buffers for the last (B, T), reused while it stays the same
         self.profile = None  # {op: seconds} while profiling() is active
 
     # --- parameters ---------------------------------------------------------------------------------------
 
     def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: flat[o:o + math.prod(shape)].reshape(shape)
-                for (name, shape), o in zip(self._shapes.items(), self._offsets.values())}
+        return {name: flat[o:o + math.prod(shape)].reshape(shape) for name, (o, shape) in self._layout.items()}
+
+    @property
+    def grad_buffer(self) -> np.ndarray:
+        """The gradients, in the layout of ``params`` (allocated on first use)."""
+        if self._grad_buffer is None:
+            self._grad_buffer = np.zeros_like(self.params, subok=False)
+            self._g = self._views(self._grad_buffer)
+        return self._grad_buffer
+
+    @property
+    def layout(self) -> dict[str, tuple[int, tuple]]:
+        """name -> (offset in elements into ``params``, shape), in buffer order."""
+        return dict(self._layout)
 
     def _init_weights(self, seed: int) -> None:
         """N(0, 0.02) for matrices and embeddings, N(0, 0.02/√(2L)) for the residual projections (c_proj),
@@ -97,30 +125,31 @@ class Model:
 
     def grads(self) -> dict[str, np.ndarray]:
         """Views into the gradient buffer, same names and shapes as ``state_dict()``."""
+        self.grad_buffer  # noqa: B018 (allocates on first use)
         return dict(self._g)
 
     def load_state_dict(self, state: dict) -> None:
         """Copy parameters in; the names and shapes must be exactly those of ``state_dict()``."""
-        missing, unexpected = self._shapes.keys() - state.keys(), state.keys() - self._shapes.keys()
+        missing, unexpected = self._layout.keys() - state.keys(), state.keys() - self._layout.keys()
         if missing or unexpected:
             raise ValueError(f"load_state_dict: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-        for name, shape in self._shapes.items():
+        for name, (_, shape) in self._layout.items():
             value = np.asarray(state[name])
             if value.shape != shape:
                 raise ValueError(f"load_state_dict: {name} must have shape {list(shape)} (got {list(value.shape)})")
-        for name in self._shapes:
+        for name in self._layout:
             self._p[name][...] = state[name]
 
     def decay_segments(self) -> tuple[np.ndarray, np.ndarray]:
         """(seg_start [n+1] int64, decay [n] uint8) over the flat buffer: segment i is tensor i (with the
         padding after it) and is weight-decayed iff ``is_decayed`` (used by cllm.optim.AdamW)."""
-        starts = list(self._offsets.values()) + [self.params.size]
-        decay = [is_decayed(name) for name in self._shapes]
+        starts = [offset for offset, _ in self._layout.values()] + [self.params.size]
+        decay = [is_decayed(name) for name in self._layout]
         return np.array(starts, dtype=np.int64), np.array(decay, dtype=np.uint8)
 
     @property
     def n_params(self) -> int:
-        return sum(math.prod(s) for s in self._shapes.values())
+        return self.config.n_params
 
     # --- forward and backward -----------------------------------------------------------------------------
 
@@ -159,7 +188,7 @@ class Model:
         parameter), the activations kept for the backward, and the backward's scratch."""
         layer, once, scratch = self._activation_shapes(batch, seq)
         nbytes = lambda shapes: 4 * sum(math.prod(s) for s in shapes.values())
-        return {"parameters": self.params.nbytes, "gradients": self.grad_buffer.nbytes,
+        return {"parameters": self.params.nbytes, "gradients": self.params.nbytes,
                 "optimizer": 2 * self.params.nbytes,
                 "activations": self.config.n_layers * nbytes(layer) + nbytes(once), "scratch": nbytes(scratch)}
 
@@ -243,8 +272,9 @@ class Model:
         B, T = idx.shape
         nt = get_num_threads()
         a = self._activations(B, T)
+        grads = self.grad_buffer
         if not accumulate:
-            self.grad_buffer.fill(0.0)
+            grads.fill(0.0)
         n_valid = int(np.count_nonzero(targets != -1))
         if n_valid == 0:
             return 0.0
@@ -287,3 +317,13 @@ class Model:
                la["ln1_rstd"], dres, g[w + "ln_1.weight"], g[w + "ln_1.bias"], num_threads=nt)
         op("embedding_backward", K.embedding_backward, dres.reshape(B, T, C), idx, g["transformer.wte.weight"],
            g["transformer.wpe.weight"], num_threads=nt)
+
+    # --- files ------------------------------------------------------------------------------------------------
+
+    def save(self, path, optimizer=None, trainer_state: dict | None = None) -> None:
+        """Write this model (config, weights, tokenizer, training summary) to a .cllm file, atomically; with
+        ``optimizer`` (a cllm.optim.AdamW) and ``trainer_state`` (JSON-able) it is a checkpoint to resume from.
+        The format: docs/format.md; read back with ``cllm.load``."""
+        from .fileformat import save
+
+        save(path, self, optimizer=optimizer, trainer_state=trainer_state)

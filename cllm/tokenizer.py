@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ._core import _bpe
+from .atomic import atomic_write
 from .threads import resolve_num_threads
 
 __all__ = ["Tokenizer"]
@@ -230,10 +231,8 @@ class Tokenizer:
 
     def save(self, path) -> None:
         """Write a Hugging Face tokenizer.json (the ``tokenizers`` library loads it and encodes the same)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_hf_dict(), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path, "w") as f:
+            json.dump(self.to_hf_dict(), f, ensure_ascii=False)
 
     to_hf_json = save
 
