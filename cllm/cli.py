@@ -45,6 +45,47 @@ def _tokenize(args) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})")
+    return value
+
+
+def _train(args) -> int:
+    from .config import ModelConfig
+    from .trainer import train
+
+    options = {k: getattr(args, k) for k in (
+        "threads", "batch_size", "seq_len", "epochs", "max_steps", "time_budget", "lr", "min_lr", "warmup",
+        "schedule", "weight_decay", "grad_clip", "micro_batch", "eval_every", "eval_tokens", "patience",
+        "checkpoint_every", "keep_checkpoints", "output", "resume", "seed")}
+    if args.config:
+        try:
+            options["model"] = ModelConfig(**json.loads(open(args.config, encoding="utf-8").read()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"--config {args.config}: expected a JSON object of ModelConfig fields ({e})") from None
+    else:
+        options["model"] = args.model
+    if args.time_budget is not None:
+        options["time_budget"] = args.time_budget * 60
+    options["grad_clip"] = args.grad_clip or None  # 0: no clipping
+    result = train(args.data, progress=not args.quiet, **options)
+    if result.stopped in ("SIGINT", "SIGTERM"):
+        print(f"cllm train: stopped by {result.stopped} at step {result.steps}; checkpoint written to "
+              f"{result.checkpoint}. Run the same command again to resume.", file=sys.stderr)
+        return 130 if result.stopped == "SIGINT" else 143
+    val = "" if result.val_loss is None else (f", val loss {result.val_loss:.4f} (perplexity {result.perplexity:.2f}, "
+                                              f"{result.bits_per_byte:.4f} bits/byte)")
+    print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s "
+          f"({result.tokens_per_second:,.0f} tokens/s; stopped: {result.stopped}): train loss "
+          f"{result.train_loss:.4f}{val} -> {result.output}; report {result.report}")
+    return 0
+
+
 def _info(args) -> int:
     from .fileformat import read
 
@@ -116,6 +157,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-tokens", type=_positive_int, default=100_000_000, help="tokens per shard file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_tokenize)
+
+    p = sub.add_parser("train", help="train a GPT on token shards (the output of cllm tokenize)",
+                       description="Train a GPT-2 style model on the token shards in --data, with warmup + cosine "
+                                   "learning rate, checkpoints every so often (resumed automatically), metrics.jsonl, "
+                                   "and report.md + loss.png beside --output.")
+    p.add_argument("--data", required=True, metavar="DIR", help="output folder of cllm tokenize")
+    p.add_argument("--output", default="model.cllm", metavar="FILE", help="the trained model (default: %(default)s)")
+    p.add_argument("--model", choices=("tiny", "small", "base"), default="small",
+                   help="preset size (vocabulary from the data, context = --seq-len; default: %(default)s)")
+    p.add_argument("--config", metavar="JSON", help="a JSON file of ModelConfig fields instead of --model")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="sequences per step (default: %(default)s)")
+    p.add_argument("--micro-batch", type=_positive_int, default=None, help="sequences per forward/backward "
+                                                                          "(default: chosen to fit memory)")
+    p.add_argument("--seq-len", type=_positive_int, default=512)
+    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--max-steps", type=_positive_int, default=None)
+    p.add_argument("--time-budget", type=_positive_float, default=None, metavar="MINUTES")
+    p.add_argument("--lr", type=_positive_float, default=6e-4)
+    p.add_argument("--min-lr", type=float, default=None, help="default: lr / 10")
+    p.add_argument("--warmup", type=int, default=None, help="steps (default: 5%% of the run, at most 1000)")
+    p.add_argument("--schedule", choices=("cosine", "linear", "constant", "wsd"), default="cosine")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="0 disables clipping")
+    p.add_argument("--eval-every", type=_positive_int, default=None, help="steps (default: every tenth of the run)")
+    p.add_argument("--eval-tokens", type=_positive_int, default=32_768)
+    p.add_argument("--patience", type=_positive_int, default=None, help="stop after this many evaluations "
+                                                                       "without a better validation loss")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="steps (default: every tenth of the run)")
+    p.add_argument("--keep-checkpoints", type=_positive_int, default=3)
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the newest checkpoint beside --output (default); --no-resume starts over")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_train)
 
     p = sub.add_parser("info", help="describe a .cllm file and verify its checksums",
                        description="Show a .cllm file's format version, model config and size, tokenizer, training "

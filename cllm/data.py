@@ -106,3 +106,72 @@ def read_shard(path) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=f"<u{width}")
     return np.memmap(path, dtype=f"<u{width}", mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+# --- reading a tokens/ folder for training ---------------------------------------------------------------------
+
+class TokenData:
+    """A ``cllm tokenize`` output folder: its tokenizer and its train/val shards (memory-mapped).
+
+    Training reads non-overlapping windows of ``seq_len + 1`` tokens (inputs and next-token targets; consecutive
+    windows share one boundary token), never across a shard boundary.
+    """
+
+    def __init__(self, directory):
+        from .tokenizer import Tokenizer
+
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise ValueError(f"train: data {self.directory} is not a folder (expected the output of cllm tokenize)")
+        tokenizer = self.directory / "tokenizer.json"
+        if not tokenizer.is_file():
+            raise ValueError(f"train: data {self.directory} has no tokenizer.json (expected the output of "
+                             f"cllm tokenize)")
+        self.tokenizer = Tokenizer.load(tokenizer)
+        self.train = [read_shard(p) for p in sorted(self.directory.glob("train_*.bin"))]
+        self.val = [read_shard(p) for p in sorted(self.directory.glob("val_*.bin"))]
+        if not sum(s.size for s in self.train):
+            raise ValueError(f"train: data {self.directory} has no training tokens (no train_*.bin shards, or "
+                             f"empty ones)")
+        top = max(int(s.max()) for s in self.train + self.val if s.size)
+        if top >= self.tokenizer.vocab_size:
+            raise ValueError(f"train: data {self.directory} holds token id {top}, outside its tokenizer's "
+                             f"{self.tokenizer.vocab_size} tokens: shards and tokenizer.json do not match")
+
+    def fingerprint(self) -> dict:
+        """What identifies this data for a resumed run: the shards' names and sizes and the vocabulary size."""
+        return {"vocab_size": self.tokenizer.vocab_size,
+                "train": [[Path(s.filename).name, int(s.size)] for s in self.train if isinstance(s, np.memmap)],
+                "val": [[Path(s.filename).name, int(s.size)] for s in self.val if isinstance(s, np.memmap)]}
+
+    def token_bytes(self) -> np.ndarray:
+        """[vocab] UTF-8 bytes each token stands for (0 for special tokens): for bits per byte."""
+        special = set(self.tokenizer.special_tokens.values())
+        return np.array([0 if i in special else len(self.tokenizer.token_bytes(i))
+                         for i in range(self.tokenizer.vocab_size)], dtype=np.int64)
+
+
+class Windows:
+    """Non-overlapping windows of ``seq_len + 1`` tokens over a list of shards, addressed 0..len-1."""
+
+    def __init__(self, shards: list[np.ndarray], seq_len: int):
+        self.shards, self.seq_len = [s for s in shards if s.size > seq_len], seq_len
+        counts = [(s.size - 1) // seq_len for s in self.shards]
+        self.starts = np.cumsum([0] + counts)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def batch(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets), int32 [len(indices), seq_len]: window i's tokens and the same shifted by one."""
+        T = self.seq_len
+        out = np.empty((len(indices), T + 1), dtype=np.int32)
+        for row, i in enumerate(indices):
+            k = int(np.searchsorted(self.starts, i, side="right")) - 1
+            start = (int(i) - int(self.starts[k])) * T
+            out[row] = self.shards[k][start:start + T + 1]
+        return out[:, :-1], out[:, 1:]
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """Every window once, in an order that depends only on (seed, epoch)."""
+        return np.random.default_rng([seed, epoch]).permutation(len(self))

@@ -40,13 +40,15 @@ def _describe(a) -> str:
 
 def _check(fn: str, name: str, a, expected: tuple, *, writeable: bool = False, dtype=np.float32) -> np.ndarray:
     """a must be a C-contiguous ndarray of dtype whose shape matches expected (ints, or None for 'any')."""
-    dims = ", ".join("?" if d is None else str(d) for d in expected)
-    want = f"{fn}: {name} must be {np.dtype(dtype).name} C-contiguous [{dims}]"
+    def want():  # the message, built only on failure (this check runs on every kernel call)
+        dims = ", ".join("?" if d is None else str(d) for d in expected)
+        return f"{fn}: {name} must be {np.dtype(dtype).name} C-contiguous [{dims}] (got {_describe(a)})"
+
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
-        raise TypeError(f"{want} (got {_describe(a)})")
+        raise TypeError(want())
     shape_ok = a.ndim == len(expected) and all(d is None or d == s for d, s in zip(expected, a.shape))
     if not shape_ok or not a.flags.c_contiguous:
-        raise ValueError(f"{want} (got {_describe(a)})")
+        raise ValueError(want())
     if writeable and not a.flags.writeable:
         raise ValueError(f"{fn}: {name} must be writeable")
     return a

@@ -52,6 +52,29 @@ def parameter_layout(config: ModelConfig) -> tuple[dict[str, tuple[int, tuple]],
     return layout, offset
 
 
+def activation_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict, dict, dict]:
+    """(per layer, once, backward scratch): name -> shape of every buffer a training step on [B, T] uses."""
+    C, H, V, NH = config.d_model, config.mlp_ratio * config.d_model, config.vocab_size, config.n_heads
+    BT = B * T
+    layer = {"ln1": (BT, C), "ln1_mean": (BT,), "ln1_rstd": (BT,), "qkv": (B, T, 3 * C), "atty": (B, T, C),
+             "lse": (B, NH, T), "res2": (BT, C), "ln2": (BT, C), "ln2_mean": (BT,), "ln2_rstd": (BT,),
+             "fch": (BT, H), "fcg": (BT, H), "res": (BT, C)}  # res: the block's output
+    once = {"res0": (BT, C), "lnf": (BT, C), "lnf_mean": (BT,), "lnf_rstd": (BT,), "logits": (BT, V),
+            "losses": (BT,)}
+    scratch = {"proj": (BT, C), "dres": (BT, C), "dtmp": (BT, C), "dqkv": (B, T, 3 * C), "dfc": (BT, H)}
+    return layer, once, scratch
+
+
+def memory_estimate(config: ModelConfig, batch: int, seq: int) -> dict:
+    """Bytes a training step on [batch, seq] needs: parameters, gradients and AdamW moments (16 bytes per
+    parameter), the activations kept for the backward, and the backward's scratch."""
+    layer, once, scratch = activation_shapes(config, batch, seq)
+    nbytes = lambda shapes: 4 * sum(math.prod(s) for s in shapes.values())
+    params = 4 * parameter_layout(config)[1]
+    return {"parameters": params, "gradients": params, "optimizer": 2 * params,
+            "activations": config.n_layers * nbytes(layer) + nbytes(once), "scratch": nbytes(scratch)}
+
+
 def is_decayed(name: str) -> bool:
     """AdamW's weight decay applies to the 2-D weight matrices (the token embedding / tied head included) and
     not to biases, LayerNorm parameters or the position embedding, as in nanoGPT and GPT-2 practice: decaying
@@ -170,34 +193,16 @@ class Model:
             raise ValueError(f"Model: {name}{list(pos)} = {int(a[pos])} is outside {allowed}")
         return np.ascontiguousarray(a, dtype=np.int32)
 
-    def _activation_shapes(self, B: int, T: int) -> tuple[dict, dict, dict]:
-        """(per layer, once, backward scratch): name -> shape of every buffer a training step uses."""
-        C, H, V, L, NH = (self.config.d_model, self.config.mlp_ratio * self.config.d_model, self.config.vocab_size,
-                          self.config.n_layers, self.config.n_heads)
-        BT = B * T
-        layer = {"ln1": (BT, C), "ln1_mean": (BT,), "ln1_rstd": (BT,), "qkv": (B, T, 3 * C), "atty": (B, T, C),
-                 "lse": (B, NH, T), "res2": (BT, C), "ln2": (BT, C), "ln2_mean": (BT,), "ln2_rstd": (BT,),
-                 "fch": (BT, H), "fcg": (BT, H), "res": (BT, C)}  # res: the block's output
-        once = {"res0": (BT, C), "lnf": (BT, C), "lnf_mean": (BT,), "lnf_rstd": (BT,), "logits": (BT, V),
-                "losses": (BT,)}
-        scratch = {"proj": (BT, C), "dres": (BT, C), "dtmp": (BT, C), "dqkv": (B, T, 3 * C), "dfc": (BT, H)}
-        return layer, once, scratch
-
     def memory_estimate(self, batch: int, seq: int) -> dict:
-        """Bytes a training step on [batch, seq] needs: parameters, gradients and AdamW moments (16 bytes per
-        parameter), the activations kept for the backward, and the backward's scratch."""
-        layer, once, scratch = self._activation_shapes(batch, seq)
-        nbytes = lambda shapes: 4 * sum(math.prod(s) for s in shapes.values())
-        return {"parameters": self.params.nbytes, "gradients": self.params.nbytes,
-                "optimizer": 2 * self.params.nbytes,
-                "activations": self.config.n_layers * nbytes(layer) + nbytes(once), "scratch": nbytes(scratch)}
+        """Bytes a training step on [batch, seq] needs (see ``memory_estimate``)."""
+        return memory_estimate(self.config, batch, seq)
 
     def _activations(self, B: int, T: int) -> dict:
         """Buffers for every activation the backward needs, allocated once per (B, T)."""
         if self._acts is not None and self._acts["shape"] == (B, T):
             return self._acts
         self._acts = None  # free the old set first
-        layer, once, scratch = self._activation_shapes(B, T)
+        layer, once, scratch = activation_shapes(self.config, B, T)
         alloc = lambda shapes: {name: np.empty(shape, dtype=np.float32) for name, shape in shapes.items()}
         layers = [alloc(layer) for _ in range(self.config.n_layers)]
         self._acts = {"shape": (B, T), "layers": layers, **alloc(once), **alloc(scratch)}
@@ -261,14 +266,21 @@ class Model:
         self._forward(idx, logits, get_num_threads())
         return logits.reshape(B, T, -1)
 
-    def forward_backward(self, idx, targets, *, accumulate: bool = False) -> float:
-        """Mean cross-entropy of predicting targets [B, T] (-1 = ignore) from idx [B, T]; leaves the gradients in
-        ``grads()`` (added to the ones already there with ``accumulate=True``). Returns 0.0, with zero
-        gradients, when every target is -1."""
-        idx = self._check_ids(idx, "idx")
-        targets = self._check_ids(targets, "targets", allow_ignore=True)
-        if targets.shape != idx.shape:
-            raise ValueError(f"Model: targets must have idx's shape {list(idx.shape)} (got {list(targets.shape)})")
+    def token_losses(self, idx, targets) -> np.ndarray:
+        """Cross-entropy of each target [B, T] given idx [B, T] (0 where the target is -1), float32; no gradients."""
+        idx, targets = self._check_pair(idx, targets)
+        a = self._activations(*idx.shape)
+        nt = get_num_threads()
+        self._forward(idx, a["logits"], nt)
+        losses = K.crossentropy(a["logits"], targets.reshape(-1), write_grad=False, num_threads=nt)
+        return losses.reshape(idx.shape)
+
+    def forward_backward(self, idx, targets, *, accumulate: bool = False, loss_scale: float = 1.0) -> float:
+        """Mean cross-entropy of predicting targets [B, T] (-1 = ignore) from idx [B, T]; leaves the gradients of
+        ``loss_scale`` × that loss in ``grads()`` (added to the ones already there with ``accumulate=True``: with
+        k equal micro-batches and ``loss_scale=1/k`` they sum to the gradient of the whole batch's mean loss).
+        Returns the mean loss (unscaled); 0.0, with zero gradients, when every target is -1."""
+        idx, targets = self._check_pair(idx, targets)
         B, T = idx.shape
         nt = get_num_threads()
         a = self._activations(B, T)
@@ -279,10 +291,17 @@ class Model:
         if n_valid == 0:
             return 0.0
         self._forward(idx, a["logits"], nt)
-        losses = self._op("crossentropy", K.crossentropy, a["logits"], targets.reshape(-1), scale=1.0 / n_valid,
-                          losses=a["losses"], num_threads=nt)
+        losses = self._op("crossentropy", K.crossentropy, a["logits"], targets.reshape(-1),
+                          scale=float(loss_scale) / n_valid, losses=a["losses"], num_threads=nt)
         self._backward(idx, nt)
         return float(np.sum(losses, dtype=np.float64) / n_valid)
+
+    def _check_pair(self, idx, targets) -> tuple[np.ndarray, np.ndarray]:
+        idx = self._check_ids(idx, "idx")
+        targets = self._check_ids(targets, "targets", allow_ignore=True)
+        if targets.shape != idx.shape:
+            raise ValueError(f"Model: targets must have idx's shape {list(idx.shape)} (got {list(targets.shape)})")
+        return idx, targets
 
     def _backward(self, idx: np.ndarray, nt: int) -> None:
         """Gradients from the logits' gradient (left in a["logits"] by the cross-entropy), in exact reverse."""

@@ -1,0 +1,422 @@
+"""The training loop: ``cllm.train(data, **options) -> TrainResult`` (options: ``cllm.TrainConfig``).
+
+One optimizer step = one global batch of ``batch_size`` windows of ``seq_len`` tokens, split into equal
+micro-batches whose gradients are accumulated; then global-norm clipping and AdamW at the scheduled learning
+rate. Epoch e visits every training window once, in an order fixed by (seed, e). Everything a step does is a
+function of the step number and the saved state, and the kernels give the same bits for any thread count: a run
+resumed from a checkpoint, with any thread count, ends with the same weights as one that was never stopped.
+
+Beside ``output``: ``metrics.jsonl`` (a line per step, per evaluation, per epoch), ``checkpoints/`` (the last
+``keep_checkpoints`` checkpoints, .cllm files with the optimizer and trainer state), and at the end ``report.md``
+and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import resource
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .config import PRESETS, ModelConfig, TrainConfig
+from .data import TokenData, Windows
+from .fileformat import FormatError, read
+from .model import Model, memory_estimate
+from .optim import AdamW, lr_at
+from .threads import get_num_threads, threads
+
+__all__ = ["TrainResult", "train"]
+
+MAX_MICRO_TOKENS = 16_384  # larger micro-batches gain nothing in GEMM efficiency and only cost memory
+MEMORY_FRACTION = 0.8  # of the memory available when training starts
+# Options that must be equal for a resumed run to continue the same computation.
+RESUME_KEYS = ("model", "batch_size", "seq_len", "epochs", "max_steps", "lr", "min_lr", "warmup", "schedule",
+               "weight_decay", "grad_clip", "seed")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run did and where it left its files."""
+
+    output: Path
+    checkpoint: Path | None
+    metrics: Path
+    report: Path | None
+    steps: int
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    perplexity: float | None
+    bits_per_byte: float | None
+    seconds: float
+    tokens_per_second: float
+    stopped: str  # "epochs", "max_steps", "time_budget", "patience", "SIGINT" or "SIGTERM"
+    resumed_from: Path | None = None
+
+
+def train(data="tokens/", **options) -> TrainResult:
+    """Train a GPT on the token shards in ``data`` (a ``cllm tokenize`` output folder); see TrainConfig."""
+    try:
+        config = TrainConfig(**options)
+    except TypeError as e:
+        raise TypeError(f"train: {e}".replace("TrainConfig.__init__() ", "")) from None
+    return Trainer(data, config).run()
+
+
+class Trainer:
+    def __init__(self, data, config: TrainConfig):
+        self.cfg = c = config
+        self.data = TokenData(data)
+        self.output = Path(c.output)
+        self.folder = self.output.parent
+        self.checkpoints = self.folder / "checkpoints"
+        self.metrics_path = self.folder / "metrics.jsonl"
+        self._check_writable()
+        self.model_config = self._model_config()
+        self.windows = Windows(self.data.train, c.seq_len)
+        self.val_windows = Windows(self.data.val, c.seq_len)
+        if len(self.windows) < c.batch_size:
+            raise ValueError(f"train: the training data holds {len(self.windows)} windows of seq_len {c.seq_len} "
+                             f"tokens, fewer than batch_size {c.batch_size}: lower batch_size or seq_len")
+        if c.patience is not None and not len(self.val_windows):
+            raise ValueError(f"train: patience needs validation data, and {self.data.directory} has no val window "
+                             f"of {c.seq_len + 1} tokens")
+        self.steps_per_epoch = len(self.windows) // c.batch_size
+        self.planned = c.epochs * self.steps_per_epoch
+        if c.max_steps is not None:
+            self.planned = min(self.planned, c.max_steps)
+        self.warmup = c.warmup if c.warmup is not None else min(1000, round(0.05 * self.planned))
+        self.token_bytes = self.data.token_bytes()
+
+    # --- set-up checks -----------------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.folder / ".cllm-write-test"):
+                pass
+            os.unlink(self.folder / ".cllm-write-test")
+        except OSError as e:
+            raise ValueError(f"train: output folder {self.folder} is not writable ({e.strerror})") from None
+
+    def _model_config(self) -> ModelConfig:
+        c, vocab = self.cfg, self.data.tokenizer.vocab_size
+        if isinstance(c.model, ModelConfig):
+            if c.model.vocab_size < vocab:
+                raise ValueError(f"train: the model's vocab_size {c.model.vocab_size} is smaller than the data's "
+                                 f"tokenizer ({vocab} tokens)")
+            return c.model
+        _, _, d_model, n_layers, n_heads = PRESETS[c.model]
+        return ModelConfig(vocab_size=-(-vocab // 64) * 64, context_length=c.seq_len, d_model=d_model,
+                           n_layers=n_layers, n_heads=n_heads)
+
+    def _micro_batch(self) -> int:
+        """The largest divisor of batch_size whose micro-batch fits MAX_MICRO_TOKENS and the memory available."""
+        c = self.cfg
+        available = MEMORY_FRACTION * _available_memory()
+        need = lambda m: sum(memory_estimate(self.model_config, m, c.seq_len).values())
+        if c.micro_batch is not None:
+            candidates = [c.micro_batch]
+        else:
+            candidates = [m for m in range(c.batch_size, 0, -1)
+                          if c.batch_size % m == 0 and (m * c.seq_len <= MAX_MICRO_TOKENS or m == 1)]
+        for m in candidates:
+            if need(m) <= available:
+                return m
+        m = candidates[-1]
+        raise ValueError(f"train: a micro-batch of {m} x {c.seq_len} tokens needs {need(m) / 1e9:.2f} GB, more than "
+                         f"the {available / 1e9:.2f} GB available: lower micro_batch, seq_len or the model size")
+
+    # --- the run -----------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        c = self.cfg
+        nt = c.threads or get_num_threads()
+        with threads(nt), _StopSignals() as stop:
+            self.model, self.opt, state, resumed_from = self._start()
+            self.micro = state["micro_batch"]
+            self.state = state
+            result = self._loop(stop, resumed_from, nt)
+        return result
+
+    def _start(self):
+        """(model, optimizer, trainer state, checkpoint resumed from or None)."""
+        c = self.cfg
+        if c.resume:
+            for path in sorted(self.checkpoints.glob("step_*.cllm"), reverse=True):
+                try:
+                    f = read(path, mmap=False, verify=True)
+                except FormatError:
+                    continue  # e.g. a disk error after writing: fall back to the previous one
+                self._check_resumable(path, f.trainer_state or {})
+                model, opt = f.model, self._optimizer(f.model)
+                opt.load_state_dict(f.optimizer)
+                model.tokenizer = self.data.tokenizer
+                self._truncate_metrics(f.trainer_state["step"])
+                return model, opt, f.trainer_state, path
+        for old in self.checkpoints.glob("step_*.cllm"):
+            old.unlink()
+        if self.metrics_path.exists():
+            self.metrics_path.unlink()
+        micro_batch = self._micro_batch()  # before allocating the model: a model too large fails here
+        model = Model(self.model_config, seed=c.seed)
+        model.tokenizer = self.data.tokenizer
+        state = {"format": 1, "config": c.to_dict(), "data": self.data.fingerprint(), "step": 0, "tokens": 0,
+                 "elapsed": 0.0, "micro_batch": micro_batch, "planned_steps": self.planned,
+                 "warmup": self.warmup, "best_val_loss": None, "evals_since_best": 0, "evals": [],
+                 "last_loss": None, "tenths": {"eval": 0, "checkpoint": 0}}
+        return model, self._optimizer(model), state, None
+
+    def _optimizer(self, model: Model) -> AdamW:
+        c = self.cfg
+        return AdamW(model, lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip)
+
+    def _check_resumable(self, path: Path, state: dict) -> None:
+        saved, now = state.get("config", {}), self.cfg.to_dict()
+        changed = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in RESUME_KEYS if saved.get(k) != now[k]]
+        if state.get("data") != self.data.fingerprint():
+            changed.append("the data (shards or tokenizer)")
+        if changed:
+            raise ValueError(f"train: checkpoint {path} was made with other settings: {', '.join(changed)}; pass "
+                             f"the same options to resume, or resume=False (--no-resume) to start over")
+
+    def _loop(self, stop, resumed_from, nt) -> TrainResult:
+        c, st, model, opt = self.cfg, self.state, self.model, self.opt
+        B, T, micro = c.batch_size, c.seq_len, self.micro
+        n_micro = B // micro
+        session_start, cpu_start = time.perf_counter(), _cpu_seconds()
+        elapsed_before = st["elapsed"]
+        elapsed = lambda: elapsed_before + time.perf_counter() - session_start
+        stopped, order, order_epoch = None, None, None
+        bar = _progress_bar(c.progress, self.planned, st["step"])
+        metrics = open(self.metrics_path, "a", encoding="utf-8")
+        try:
+            while st["step"] < self.planned:
+                if c.time_budget is not None and elapsed() >= c.time_budget:
+                    stopped = "time_budget"
+                    break
+                epoch, k = divmod(st["step"], self.steps_per_epoch)
+                if order_epoch != epoch:
+                    order, order_epoch = self.windows.epoch_order(c.seed, epoch), epoch
+                batch = order[k * B:(k + 1) * B]
+                step_start = time.perf_counter()
+                lr = self._lr(st["step"], elapsed())
+                loss = 0.0
+                for j in range(n_micro):
+                    x, y = self.windows.batch(batch[j * micro:(j + 1) * micro])
+                    loss += model.forward_backward(x, y, accumulate=j > 0, loss_scale=1.0 / n_micro) / n_micro
+                norm = opt.step(lr)
+                st["step"] += 1
+                st["tokens"] += B * T
+                st["last_loss"] = loss
+                rate = B * T / (time.perf_counter() - step_start)
+                _write(metrics, {"type": "step", "step": st["step"], "epoch": epoch, "tokens": st["tokens"],
+                                 "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": rate,
+                                 "elapsed": elapsed()})
+                if st["step"] % self.steps_per_epoch == 0:
+                    _write(metrics, {"type": "epoch", "epoch": epoch, "step": st["step"], "elapsed": elapsed()})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+                if not math.isfinite(loss):
+                    raise RuntimeError(f"train: the loss became {loss} at step {st['step']}: lower lr "
+                                       f"(now {c.lr}) or raise warmup")
+                if self._due("eval", c.eval_every, elapsed()) and len(self.val_windows):
+                    if self._evaluate(metrics, elapsed()):
+                        stopped = "patience"
+                if self._due("checkpoint", c.checkpoint_every, elapsed()) and not stopped:
+                    st["elapsed"] = elapsed()
+                    self._checkpoint()
+                if stop.signal and not stopped:
+                    stopped = stop.signal
+                if stopped:
+                    break
+            stopped = stopped or ("max_steps" if c.max_steps is not None and st["step"] >= c.max_steps
+                                  else "epochs")
+            evaluated = st["evals"] and st["evals"][-1]["step"] == st["step"]
+            if stopped not in ("SIGINT", "SIGTERM") and len(self.val_windows) and not evaluated:
+                self._evaluate(metrics, elapsed())
+        finally:
+            bar.close()
+            metrics.close()
+        st["elapsed"] = elapsed()
+        checkpoint = self._checkpoint()
+        session = {"seconds": time.perf_counter() - session_start, "cpu_seconds": _cpu_seconds() - cpu_start,
+                   "threads": nt, "peak_rss": _peak_rss()}
+        report = None
+        if stopped not in ("SIGINT", "SIGTERM"):
+            self._save_output()
+            from .report import write_report
+
+            report = write_report(self.folder, self.metrics_path, self._summary(), self.cfg, self.model_config,
+                                  session)
+        last = st["evals"][-1] if st["evals"] else {}
+        return TrainResult(
+            output=self.output, checkpoint=checkpoint, metrics=self.metrics_path, report=report, steps=st["step"],
+            tokens=st["tokens"], train_loss=st["last_loss"], val_loss=last.get("val_loss"),
+            best_val_loss=st["best_val_loss"], perplexity=last.get("perplexity"),
+            bits_per_byte=last.get("bits_per_byte"), seconds=st["elapsed"],
+            tokens_per_second=st["tokens"] / st["elapsed"] if st["elapsed"] else 0.0, stopped=stopped,
+            resumed_from=resumed_from)
+
+    def _lr(self, step: int, elapsed: float) -> float:
+        """The scheduled rate. With a time budget the schedule runs on whichever is further along, the steps or
+        the time: a run cut by its budget still ends its decay at the end."""
+        c = self.cfg
+        if c.time_budget is not None and step >= self.warmup:
+            by_time = self.warmup + round(min(1.0, elapsed / c.time_budget) * (self.planned - self.warmup))
+            step = max(step, by_time)
+        return lr_at(step, lr=c.lr, warmup=self.warmup, max_steps=self.planned, min_lr=c.min_lr,
+                     schedule=c.schedule)
+
+    def _due(self, what: str, every: int | None, elapsed: float) -> bool:
+        """Every ``every`` steps, or (None) at each tenth of the run's progress by steps or by time budget."""
+        step = self.state["step"]
+        if every is not None:
+            return step % every == 0
+        progress = step / self.planned
+        if self.cfg.time_budget is not None:
+            progress = max(progress, elapsed / self.cfg.time_budget)
+        tenth = min(10, math.floor(10 * progress + 1e-9))
+        if tenth > self.state["tenths"][what]:
+            self.state["tenths"][what] = tenth
+            return True
+        return False
+
+    def _evaluate(self, metrics, elapsed: float) -> bool:
+        """Validation loss, perplexity and bits per byte on the first eval_tokens of the val shards; records them
+        and returns True when patience has run out."""
+        c, st = self.cfg, self.state
+        n = min(len(self.val_windows), max(1, -(-c.eval_tokens // c.seq_len)))
+        nats, tokens, nbytes = 0.0, 0, 0
+        for start in range(0, n, self.micro):
+            x, y = self.val_windows.batch(range(start, min(n, start + self.micro)))
+            nats += float(np.sum(self.model.token_losses(x, y), dtype=np.float64))
+            tokens += y.size
+            nbytes += int(self.token_bytes[y].sum())
+        val = nats / tokens
+        record = {"type": "eval", "step": st["step"], "tokens": st["tokens"], "val_loss": val,
+                  "perplexity": math.exp(min(val, 700.0)), "bits_per_byte": nats / math.log(2) / max(nbytes, 1),
+                  "elapsed": elapsed}
+        _write(metrics, record)
+        st["evals"].append(record)
+        if st["best_val_loss"] is None or val < st["best_val_loss"]:
+            st["best_val_loss"], st["evals_since_best"] = val, 0
+        else:
+            st["evals_since_best"] += 1
+        return c.patience is not None and st["evals_since_best"] >= c.patience
+
+    def _summary(self) -> dict:
+        st = self.state
+        last = st["evals"][-1] if st["evals"] else {}
+        summary = {"steps": st["step"], "tokens": st["tokens"], "train_loss": st["last_loss"],
+                   "val_loss": last.get("val_loss"), "best_val_loss": st["best_val_loss"],
+                   "perplexity": last.get("perplexity"), "bits_per_byte": last.get("bits_per_byte"),
+                   "seconds": round(st["elapsed"], 3), "data": str(self.data.directory)}
+        return {k: v for k, v in summary.items() if v is not None}
+
+    def _checkpoint(self) -> Path:
+        self.checkpoints.mkdir(exist_ok=True)
+        path = self.checkpoints / f"step_{self.state['step']:08d}.cllm"
+        self.model.training_summary = self._summary()
+        self.model.save(path, optimizer=self.opt, trainer_state=self.state)
+        for old in sorted(self.checkpoints.glob("step_*.cllm"))[:-self.cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def _save_output(self) -> None:
+        self.model.training_summary = self._summary()
+        self.model.save(self.output)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the lines written after the checkpoint a run resumes from (those steps run again)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip() and _line_step(line) <= step]
+        with atomic_write(self.metrics_path, "w") as f:
+            f.writelines(kept)
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
+
+class _StopSignals:
+    """SIGINT / SIGTERM set ``signal`` so that the loop stops after the current step and writes a checkpoint; a
+    second SIGINT interrupts at once. Only in the main thread (elsewhere signals cannot be caught)."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signal == "SIGINT" and name == "SIGINT":
+            raise KeyboardInterrupt
+        self.signal = name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", desc="training", dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n): pass
+    def set_postfix(self, **kw): pass
+    def close(self): pass
+
+
+def _write(f, record: dict) -> None:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # a torn last line from a killed run: dropped
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable; elsewhere the physical memory)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 1 << 34
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss() -> int:
+    """Peak resident set of this process in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
