@@ -12,6 +12,13 @@ import sys
 from ._version import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``cllm crawl: error: argument --delay: ...``); --help has the rest."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -90,6 +97,20 @@ def _crawl(args) -> int:
     return 0
 
 
+def _preprocess(args) -> int:
+    from .filters import Thresholds, threshold_help
+    from .preprocess import preprocess
+
+    thresholds = Thresholds(**{name: getattr(args, name) for name, *_ in threshold_help()})
+    report = preprocess(args.input, args.output, threads=args.threads, thresholds=thresholds,
+                        near_dedup=not args.no_near_dedup, shard_bytes=args.shard_bytes, progress=not args.quiet)
+    dropped = ", ".join(f"{n} {k}" for k, n in report["dropped"].items()) or "none"
+    print(f"kept {report['kept']} of {report['documents']} documents ({report['chars_out']:,} characters) -> "
+          f"{args.output} in {report['seconds']:.1f} s ({report['mb_per_s']} MB/s, {report['workers']} workers); "
+          f"dropped: {dropped}")
+    return 0
+
+
 def _tokenize(args) -> int:
     from .tokenize_stage import tokenize_corpus
 
@@ -155,7 +176,7 @@ def _export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cllm", description="Train small GPT models from source files or web pages.")
+    parser = _Parser(prog="cllm", description="Train small GPT models from source files or web pages.")
     parser.add_argument("--version", action="version", version=f"cllm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -205,6 +226,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt (off by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_crawl)
+
+    from .filters import threshold_help
+
+    p = sub.add_parser("preprocess", help="extract, clean, filter and deduplicate documents into JSONL shards",
+                       description="Turn a cllm collect or cllm crawl output (or manifests, or WARC files) into "
+                                   "docs-NNNNN.jsonl shards of {text, source, meta} and report.json: HTML main "
+                                   "text, decoding, Unicode NFC, cleaning, quality filters, exact and MinHash "
+                                   "near-duplicate removal. Deterministic for any --threads.")
+    p.add_argument("--input", required=True, action="append", metavar="DIR|MANIFEST|WARC",
+                   help="a collect or crawl output folder, a manifest.jsonl, or a .warc(.gz) file; repeatable")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--threads", type=_positive_int, default=None, help="worker processes (default: the CPUs)")
+    p.add_argument("--shard-bytes", type=_positive_int, default=256 << 20, help="bytes per shard (default 256 MiB)")
+    p.add_argument("--no-near-dedup", action="store_true", help="keep near-duplicates (exact ones still go)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, kind, default, text in threshold_help():
+        convert = {int: _positive_int, float: _non_negative_float}[kind]
+        p.add_argument("--" + name.replace("_", "-"), type=convert, default=default,
+                       help=f"{text} (default {default})")
+    p.set_defaults(run=_preprocess)
 
     p = sub.add_parser("tokenize", help="train a BPE tokenizer and write train/val token shards",
                        description="Train a byte-level BPE tokenizer on documents (or reuse one) and write "
