@@ -184,7 +184,10 @@ class Crawler:
             text = decode(got.body, charset_from_content_type(content_type), html=True)
             if text is not None:
                 charset = text.encoding
-                links, refresh = extract_links(text, got.url)
+                try:
+                    links, refresh = extract_links(text, got.url)
+                except Exception as e:  # a page that breaks the parser is still a page; its links are lost
+                    links, refresh, result["link_error"] = [], None, f"{type(e).__name__}: {e}"[:200]
                 if refresh and not any(via == "refresh" for _, via in chain):
                     hop = (refresh, "refresh")
         elif got.status == 200:

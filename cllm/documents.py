@@ -19,7 +19,7 @@ from pathlib import Path
 from .fetch import media_type
 from .filters import Thresholds, quality_issue
 from .minhash import signature
-from .textclean import charset_from_content_type, decode, normalize
+from .textclean import charset_from_content_type, decode, normalize, without_xml_declaration
 
 __all__ = ["iter_items", "process_batch", "MAX_RECORD_BYTES"]
 
@@ -109,7 +109,7 @@ def html_main_text(html: str, url: str | None) -> tuple[str, str | None]:
     from lxml.etree import ParserError
 
     try:
-        tree = lxml.html.document_fromstring(html)
+        tree = lxml.html.document_fromstring(without_xml_declaration(html))
     except (ParserError, ValueError):
         return "", None
     title = tree.findtext(".//title")

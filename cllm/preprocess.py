@@ -114,14 +114,15 @@ def _drain_one(pending: deque, pool, workers: int, thresholds: Thresholds):
     except BrokenProcessPool:
         pass
     pool.shutdown(wait=False, cancel_futures=True)  # a worker died: isolate the document that killed it
+    single = _pool(1)
     for item in batch:
-        single = _pool(1)
         try:
             yield from single.submit(process_batch, [item], thresholds).result()
         except BrokenProcessPool:
             yield {"source": item[1], "meta": item[2], "text": None, "bytes": 0, "drop": "worker_crash"}
-        finally:
             single.shutdown(wait=False, cancel_futures=True)
+            single = _pool(1)
+    single.shutdown(wait=False, cancel_futures=True)
     pool = _pool(workers)
     for i, (b, _) in enumerate(pending):  # the batches that were in flight in the dead pool
         pending[i] = (b, pool.submit(process_batch, b, thresholds))

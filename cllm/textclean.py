@@ -17,7 +17,8 @@ import codecs
 import re
 import unicodedata
 
-__all__ = ["Decoded", "decode", "normalize", "is_binary", "charset_from_content_type", "meta_charset"]
+__all__ = ["Decoded", "decode", "normalize", "is_binary", "charset_from_content_type", "meta_charset",
+           "without_xml_declaration"]
 
 # UTF-32 first: its little-endian mark starts with UTF-16's
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
@@ -31,6 +32,7 @@ CONTENT_TYPE_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNO
 CONTROL = dict.fromkeys([c for c in range(0x20) if c not in (0x09, 0x0A)] + [0x7F] + list(range(0x80, 0xA0)))
 NEWLINES = re.compile("\r\n|[\r\x0b\x85\u2028\u2029]")
 TRAILING_SPACE = re.compile(r"[ \t\u00a0\u3000]+$", re.MULTILINE)
+XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 DETECT_BYTES = 64 * 1024  # charset-normalizer looks at this much: enough, and bounded time on large inputs
 
 
@@ -135,3 +137,8 @@ def normalize(text: str) -> str:
     text = NEWLINES.sub("\n", text).translate(CONTROL).replace("\ufeff", "")
     text = TRAILING_SPACE.sub("", text)
     return text.strip("\n")
+
+
+def without_xml_declaration(html: str) -> str:
+    """An XHTML page as a str without its ``<?xml encoding=...?>`` line, which lxml refuses in decoded text."""
+    return XML_DECLARATION.sub("", html, count=1)

@@ -77,8 +77,10 @@ def extract_links(html: str, base_url: str) -> tuple[list[str], str | None]:
     import lxml.html
     from lxml.etree import ParserError
 
+    from .textclean import without_xml_declaration
+
     try:
-        tree = lxml.html.document_fromstring(html)
+        tree = lxml.html.document_fromstring(without_xml_declaration(html))
     except (ParserError, ValueError):
         return [], None
     base = tree.find(".//base[@href]")

@@ -67,6 +67,15 @@ def test_decode_order():
     assert decode(b"\x00\x01\x02binary") is None
 
 
+def test_xhtml_with_xml_declaration():
+    from cllm.documents import html_main_text
+    from cllm.urls import extract_links
+
+    html = '<?xml version="1.0" encoding="iso-8859-1"?>\n<html><body><a href="/x">x</a><p>' + prose(1) + "</p>"
+    assert extract_links(html, "http://h.test/")[0] == ["http://h.test/x"]
+    assert html_main_text(html, None)[0].startswith(prose(1)[:40])
+
+
 def test_filters():
     t = Thresholds()
     assert quality_issue("", "text", t) == "empty"
