@@ -283,10 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, or a usage error argparse printed: its code (0 or 2)
-        return e.code
+    args = parser.parse_args(argv)  # a usage error exits with code 2 here, after one line on stderr
     try:
         return args.run(args)
     except (ValueError, TypeError) as e:  # bad arguments or inputs, found after parsing

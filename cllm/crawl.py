@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._version import __version__
-from .fetch import ACCEPT, ACCEPT_ENCODING, Fetched, Limits, fetch, media_type
+from .fetch import ACCEPT, ACCEPT_ENCODING, Fetched, Limits, fetch, is_html
 from .frontier import Frontier
 from .robots import Robots
 from .textclean import charset_from_content_type, decode
@@ -52,14 +52,6 @@ class CrawlOptions:
     user_agent: str = USER_AGENT
     ignore_robots: bool = False
     limits: Limits = field(default_factory=Limits)
-
-
-def _is_html(content_type: str | None, body: bytes) -> bool:
-    mt = media_type(content_type)
-    if mt:
-        return mt in ("text/html", "application/xhtml+xml")
-    head = body[:512].lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html"))
 
 
 class Crawler:
@@ -180,7 +172,7 @@ class Crawler:
                     "reason": got.skipped or got.error}, []
         content_type = got.header("content-type")
         charset, text, links, hop = None, None, [], None
-        if got.status == 200 and _is_html(content_type, got.body):
+        if got.status == 200 and is_html(content_type, got.body):
             text = decode(got.body, charset_from_content_type(content_type), html=True)
             if text is not None:
                 charset = text.encoding

@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .fetch import media_type
+from .fetch import is_html, media_type
 from .filters import Thresholds, quality_issue
 from .minhash import signature
 from .textclean import charset_from_content_type, decode, normalize, without_xml_declaration
@@ -26,7 +26,6 @@ __all__ = ["iter_items", "process_batch", "MAX_RECORD_BYTES"]
 MAX_RECORD_BYTES = 32 << 20  # a web page larger than this is not read whole
 TEXT_EXTENSIONS = {".md", ".markdown", ".rst", ".txt", ".tex", ".adoc", ""}
 HTML_EXTENSIONS = {".html", ".htm", ".xhtml"}
-HTML_TYPES = {"text/html", "application/xhtml+xml"}
 PROSE_TYPES = {"text/plain", "text/markdown", "text/x-markdown", "text/x-rst", "application/x-tex"}
 
 
@@ -60,7 +59,7 @@ def resolve_inputs(inputs) -> list[tuple[str, Path]]:
     return resolved
 
 
-def _manifest_items(manifest: Path, problems: Counter):
+def _manifest_items(manifest: Path):
     with open(manifest, encoding="utf-8") as lines:
         for n, line in enumerate(lines, 1):
             try:
@@ -83,7 +82,7 @@ def iter_items(inputs, problems: Counter):
 
     for kind, path in resolve_inputs(inputs):
         if kind == "manifest":
-            yield from _manifest_items(path, problems)
+            yield from _manifest_items(path)
             continue
         for url, content_type, body, truncated in iter_responses(path, MAX_RECORD_BYTES, problems):
             meta = {"url": url, "content_type": content_type, **({"truncated": True} if truncated else {})}
@@ -96,9 +95,9 @@ def _file_kind(source: str) -> str:
 
 
 def _web_kind(content_type: str | None, body: bytes) -> str:
-    mt = media_type(content_type)
-    if mt in HTML_TYPES or (not mt and body[:512].lstrip().lower().startswith((b"<!doctype html", b"<html"))):
+    if is_html(content_type, body):
         return "html"
+    mt = media_type(content_type)
     return "text" if mt in PROSE_TYPES or not mt else "code"
 
 

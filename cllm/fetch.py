@@ -22,7 +22,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-__all__ = ["Limits", "Fetched", "fetch", "ACCEPTED_TYPES", "media_type"]
+__all__ = ["Limits", "Fetched", "fetch", "ACCEPTED_TYPES", "media_type", "is_html"]
 
 # HTML, plain text, markdown and source code; a missing Content-Type is accepted and sniffed by the reader
 ACCEPTED_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "text/markdown", "text/x-*", "text/javascript",
@@ -66,6 +66,14 @@ class Fetched:
 
 def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_html(content_type: str | None, body: bytes) -> bool:
+    """HTML by its media type, or, when there is none, by how the body starts."""
+    mt = media_type(content_type)
+    if mt:
+        return mt in ("text/html", "application/xhtml+xml")
+    return body[:512].lstrip().lower().startswith((b"<!doctype html", b"<html"))
 
 
 def accepted(content_type: str | None) -> bool:

@@ -8,6 +8,14 @@ import pytest
 from cllm.cli import main
 from cllm.collect import collect
 
+
+def cli(args) -> int:
+    """The exit code of ``cllm ARGS`` (argparse's usage errors exit with SystemExit(2) from parse_args)."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
 C_SOURCE = "int add(int a, int b) {\n    return a + b;\n}\n"
 
 
@@ -115,14 +123,14 @@ def test_unreadable_paths_are_counted_not_fatal(tmp_path):
 
 def test_cli_collect_and_bad_input(tmp_path, capsys):
     root = make_tree(tmp_path / "proj")
-    assert main(["collect", str(root), "--output", str(tmp_path / "out"), "--include", "*.c"]) == 0
+    assert cli(["collect", str(root), "--output", str(tmp_path / "out"), "--include", "*.c"]) == 0
     assert "collected 2 files" in capsys.readouterr().out
     cases = [([str(tmp_path / "missing")], "does not exist"),
              ([str(root / "README.md")], "is not a folder"),
              ([str(root), "--include", "*.nothing"], "no text files found"),
              ([str(root), "--max-bytes", "0"], "expected a positive integer")]
     for args, message in cases:
-        assert main(["collect", *args, "--output", str(tmp_path / "o2")]) == 2, args
+        assert cli(["collect", *args, "--output", str(tmp_path / "o2")]) == 2, args
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and err.startswith("cllm collect: error:"), err
 

@@ -2,7 +2,6 @@
 the manifest, the report and the WARC files."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,14 @@ from cllm.urls import canonical
 from cllm.warc import iter_responses
 
 from crawl_site import FRENCH, RUSSIAN, Site
+
+
+def cli(args) -> int:
+    """The exit code of ``cllm ARGS`` (argparse's usage errors exit with SystemExit(2) from parse_args)."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
 
 FAST = Limits(timeout=0.5, page_timeout=1.5, max_bytes=1_000_000, retries=1, backoff=0.01)
 
@@ -62,7 +69,7 @@ def test_finishes_within_limits(adversarial):
 
 
 def test_size_caps_and_bombs(adversarial):
-    m, site = adversarial["manifest"], adversarial["site"]
+    m = adversarial["manifest"]
     for path in ("/big", "/bomb.html", "/bomb-br.html"):
         assert (m[path]["status"], m[path]["bytes"]) == ("truncated", 1_000_000), path
     assert (m["/big-length"]["status"], m["/big-length"]["reason"]) == ("skipped", "too_large")
@@ -116,7 +123,7 @@ def test_types_charsets_retries(adversarial):
 
 
 def _crawl_cli(*args):
-    return main(["crawl", *map(str, args), "--quiet"])
+    return cli(["crawl", *map(str, args), "--quiet"])
 
 
 @pytest.mark.parametrize("mode,reason", [("error", "robots_unreachable"), ("timeout", "robots_unreachable"),
@@ -191,7 +198,7 @@ def test_bad_urls_are_usage_errors(tmp_path, capsys, args, message):
 @pytest.mark.parametrize("option", [["--max-pages", "0"], ["--delay", "-1"], ["--timeout", "0"],
                                     ["--concurrency", "x"], ["--max-depth", "-2"]])
 def test_bad_options_are_usage_errors(tmp_path, capsys, option):
-    assert main(["crawl", "http://127.0.0.1:9/", "--output", str(tmp_path), *option]) == 2
+    assert cli(["crawl", "http://127.0.0.1:9/", "--output", str(tmp_path), *option]) == 2
     assert "error" in capsys.readouterr().err
 
 

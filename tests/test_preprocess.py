@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cllm.cli import main
 from cllm.collect import collect
@@ -24,6 +23,14 @@ from cllm.warc import WarcWriter
 
 from crawl_site import FRENCH
 from html_corpus import WORDS, corpus, page
+
+
+def cli(args) -> int:
+    """The exit code of ``cllm ARGS`` (argparse's usage errors exit with SystemExit(2) from parse_args)."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
 
 
 def prose(seed, n_words=400):
@@ -168,11 +175,11 @@ def test_deterministic_for_any_worker_count(tmp_path):
 
 def test_chain_collect_preprocess_tokenize(tmp_path):
     collect([make_sources(tmp_path / "proj")], tmp_path / "corpus")
-    assert main(["preprocess", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "clean"),
+    assert cli(["preprocess", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "clean"),
                  "--threads", "2", "--quiet"]) == 0
     docs = read_docs(tmp_path / "clean")
     assert [d.decode() for d in iter_documents([tmp_path / "clean"])] == [d["text"] for d in docs]
-    assert main(["tokenize", "--input", str(tmp_path / "clean"), "--output", str(tmp_path / "tokens"),
+    assert cli(["tokenize", "--input", str(tmp_path / "clean"), "--output", str(tmp_path / "tokens"),
                  "--vocab-size", "300", "--val-fraction", "0.1", "--quiet"]) == 0
     stats = json.loads((tmp_path / "tokens" / "stats.json").read_text())
     assert stats["train"]["documents"] + stats["val"]["documents"] == len(docs)
@@ -210,6 +217,6 @@ def test_bad_input(tmp_path, capsys):
              (["--input", str(tmp_path / "corpus"), "--threads", "0"], "expected a positive integer"),
              (["--input", str(tmp_path / "corpus"), "--min-chars", "x"], "expected a positive integer")]
     for args, message in cases:
-        assert main(["preprocess", *args, "--output", str(tmp_path / "out"), "--quiet"]) == 2, args
+        assert cli(["preprocess", *args, "--output", str(tmp_path / "out"), "--quiet"]) == 2, args
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and err.startswith("cllm preprocess: error:"), err
