@@ -12,6 +12,13 @@ import sys
 from ._version import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``cllm crawl: error: argument --delay: ...``); --help has the rest."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -30,6 +37,78 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (got {text!r})")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (got {text!r})") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (got {text!r})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})")
+    return value
+
+
+def _collect(args) -> int:
+    from .collect import collect
+
+    report = collect(args.roots, args.output, include=args.include, exclude=args.exclude, max_bytes=args.max_bytes,
+                     gitignore=args.gitignore, follow_symlinks=args.follow_symlinks, copy=not args.reference)
+    files = report["files"]
+    skipped = ", ".join(f"{n} {k}" for k, n in files.items() if k != "ok") or "none"
+    print(f"collected {files.get('ok', 0)} files ({report['bytes']:,} bytes) -> {args.output} "
+          f"(skipped: {skipped})")
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
+    return value
+
+
+def _crawl(args) -> int:
+    from .crawl import CrawlOptions, crawl
+    from .fetch import Limits
+
+    limits = Limits(timeout=args.timeout, page_timeout=args.page_timeout, max_bytes=args.max_bytes,
+                    retries=args.retries)
+    options = CrawlOptions(max_pages=args.max_pages, max_depth=args.max_depth, allow_domains=tuple(args.allow_domain),
+                           delay=args.delay, concurrency=args.concurrency, host_concurrency=args.host_concurrency,
+                           user_agent=args.user_agent, ignore_robots=args.ignore_robots, limits=limits)
+    report = crawl(args.urls, args.output, options, progress=not args.quiet)
+    pages = report["pages"]
+    reasons = ", ".join(f"{n} {k}" for k, n in report["reasons"].items()) or "none"
+    print(f"crawled {pages.get('fetched', 0) + pages.get('truncated', 0)} pages ({report['bytes']:,} bytes) -> "
+          f"{args.output} ({', '.join(f'{n} {k}' for k, n in pages.items())}; reasons: {reasons})")
+    if report["unreachable_robots"]:
+        print(f"robots.txt unreachable, hosts skipped for this run: {', '.join(report['unreachable_robots'])}")
+    return 0
+
+
+def _preprocess(args) -> int:
+    from .filters import Thresholds, threshold_help
+    from .preprocess import preprocess
+
+    thresholds = Thresholds(**{name: getattr(args, name) for name, *_ in threshold_help()})
+    report = preprocess(args.input, args.output, threads=args.threads, thresholds=thresholds,
+                        near_dedup=not args.no_near_dedup, shard_bytes=args.shard_bytes, progress=not args.quiet)
+    dropped = ", ".join(f"{n} {k}" for k, n in report["dropped"].items()) or "none"
+    print(f"kept {report['kept']} of {report['documents']} documents ({report['chars_out']:,} characters) -> "
+          f"{args.output} in {report['seconds']:.1f} s ({report['mb_per_s']} MB/s, {report['workers']} workers); "
+          f"dropped: {dropped}")
+    return 0
 
 
 def _tokenize(args) -> int:
@@ -138,9 +217,76 @@ def _export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cllm", description="Train small GPT models from source files or web pages.")
+    parser = _Parser(prog="cllm", description="Train small GPT models from source files or web pages.")
     parser.add_argument("--version", action="version", version=f"cllm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("collect", help="gather the text files of source trees into a corpus folder",
+                       description="Walk source trees and copy (or reference) their text files into --output, with "
+                                   "a sorted manifest.jsonl (source, path, bytes, sha256, encoding, status) and "
+                                   "report.json. Skips version-control and build folders, binary, undecodable and "
+                                   "oversized files; unreadable files are counted, never fatal.")
+    p.add_argument("roots", nargs="+", metavar="ROOT", help="folders to walk")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--include", action="append", metavar="GLOBS",
+                   help="comma-separated file name patterns to keep (a pattern with / matches the path relative "
+                        "to the root); repeatable; default: common source and text extensions")
+    p.add_argument("--exclude", action="append", metavar="GLOBS", help="patterns of files or folders to skip")
+    p.add_argument("--max-bytes", type=_positive_int, default=1 << 20, help="skip larger files (default 1 MiB)")
+    p.add_argument("--gitignore", action="store_true", help="skip what the trees' .gitignore files ignore")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="follow symbolic links (folders reached twice are skipped)")
+    p.add_argument("--reference", action="store_true",
+                   help="record the files' absolute paths instead of copying them")
+    p.set_defaults(run=_collect)
+
+    from .crawl import USER_AGENT
+
+    p = sub.add_parser("crawl", help="fetch web pages politely into WARC files",
+                       description="Crawl from the URLs, within their hosts (and --allow-domain), obeying robots.txt "
+                                   "and a per-host delay, into WARC files + manifest.jsonl + report.json in "
+                                   "--output. Re-running with the same --output resumes the crawl.")
+    p.add_argument("urls", nargs="+", metavar="URL")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--max-pages", type=_positive_int, default=1000, help="requests, over all runs (default 1000)")
+    p.add_argument("--max-depth", type=_non_negative_int, default=5, help="links away from a start URL (default 5)")
+    p.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
+                   help="also crawl this domain and its subdomains; repeatable")
+    p.add_argument("--delay", type=_non_negative_float, default=1.0,
+                   help="seconds between requests to one host; a larger robots.txt Crawl-delay wins (default 1)")
+    p.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight in all (default 8)")
+    p.add_argument("--host-concurrency", type=_positive_int, default=1, help="requests in flight per host (default 1)")
+    p.add_argument("--user-agent", default=USER_AGENT, metavar="UA")
+    p.add_argument("--timeout", type=_positive_float, default=10.0,
+                   help="connect and read timeout in seconds (default 10)")
+    p.add_argument("--page-timeout", type=_positive_float, default=30.0,
+                   help="seconds for a whole response (default 30)")
+    p.add_argument("--max-bytes", type=_positive_int, default=5_000_000,
+                   help="body size cap, before and after decompression (default 5,000,000)")
+    p.add_argument("--retries", type=_non_negative_int, default=2, help="retries on 429, 5xx, connection errors")
+    p.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_crawl)
+
+    from .filters import threshold_help
+
+    p = sub.add_parser("preprocess", help="extract, clean, filter and deduplicate documents into JSONL shards",
+                       description="Turn a cllm collect or cllm crawl output (or manifests, or WARC files) into "
+                                   "docs-NNNNN.jsonl shards of {text, source, meta} and report.json: HTML main "
+                                   "text, decoding, Unicode NFC, cleaning, quality filters, exact and MinHash "
+                                   "near-duplicate removal. Deterministic for any --threads.")
+    p.add_argument("--input", required=True, action="append", metavar="DIR|MANIFEST|WARC",
+                   help="a collect or crawl output folder, a manifest.jsonl, or a .warc(.gz) file; repeatable")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--threads", type=_positive_int, default=None, help="worker processes (default: the CPUs)")
+    p.add_argument("--shard-bytes", type=_positive_int, default=256 << 20, help="bytes per shard (default 256 MiB)")
+    p.add_argument("--no-near-dedup", action="store_true", help="keep near-duplicates (exact ones still go)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, kind, default, text in threshold_help():
+        convert = {int: _positive_int, float: _non_negative_float}[kind]
+        p.add_argument("--" + name.replace("_", "-"), type=convert, default=default,
+                       help=f"{text} (default {default})")
+    p.set_defaults(run=_preprocess)
 
     p = sub.add_parser("tokenize", help="train a BPE tokenizer and write train/val token shards",
                        description="Train a byte-level BPE tokenizer on documents (or reuse one) and write "
@@ -214,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits with code 2 here, after one line on stderr
     try:
         return args.run(args)
     except (ValueError, TypeError) as e:  # bad arguments or inputs, found after parsing
