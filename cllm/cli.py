@@ -165,6 +165,16 @@ def _train(args) -> int:
     return 0
 
 
+def _pipeline(args) -> int:
+    from .pipeline import PipelineOptions, pipeline, print_summary
+
+    options = PipelineOptions(sources=tuple(args.source or ()), workdir=args.workdir, budget_minutes=args.budget,
+                              threads=args.threads, vocab_size=args.vocab_size, model=args.model,
+                              progress=not args.quiet)
+    print_summary(pipeline(options))
+    return 0
+
+
 def _info(args) -> int:
     from .fileformat import read
 
@@ -339,6 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("pipeline", help="the main job: collect, preprocess, tokenize, train, evaluate, sample",
+                       description="Run every stage on --source (default: the Python standard library's sources) "
+                                   "in --workdir within --budget minutes; stages that are up to date are skipped, "
+                                   "an interrupted run continues where it stopped.")
+    p.add_argument("--source", action="append", metavar="DIR|URL", help="repeatable (default: the standard library)")
+    p.add_argument("--workdir", default="cllm-run", metavar="DIR", help="default: %(default)s")
+    p.add_argument("--budget", type=_positive_float, default=15.0, metavar="MINUTES",
+                   help="the whole run's time (default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--vocab-size", type=_positive_int, default=4096)
+    p.add_argument("--model", choices=("tiny", "small", "base"), default="small")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_pipeline)
 
     p = sub.add_parser("info", help="describe a .cllm file and verify its checksums",
                        description="Show a .cllm file's format version, model config and size, tokenizer, training "

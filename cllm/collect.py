@@ -45,6 +45,8 @@ DEFAULT_MAX_BYTES = 1 << 20  # larger source files are almost always generated o
 def _patterns(values) -> tuple[str, ...]:
     """Comma-separated and repeated pattern options -> one tuple; a pattern with "/" matches the relative path."""
     out = []
+    if isinstance(values, str):
+        values = [values]
     for value in values or ():
         out += [p.strip() for p in str(value).split(",") if p.strip()]
     return tuple(out)

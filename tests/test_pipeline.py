@@ -1,0 +1,48 @@
+"""cllm pipeline: every stage on a small source tree within a budget, skipped when up to date, re-run when the
+sources change."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import cllm
+from cllm.cli import main as cli
+from cllm.pipeline import PipelineOptions, pipeline
+
+
+@pytest.fixture
+def source(tmp_path):
+    """A copy of cllm's own Python sources: real code, ~300 KB."""
+    src = tmp_path / "src"
+    shutil.copytree(Path(cllm.__file__).parent, src, ignore=shutil.ignore_patterns("*.so", "_core", "__pycache__"))
+    return src
+
+
+def test_pipeline_runs_skips_and_reruns(source, tmp_path, capsys):
+    work = tmp_path / "work"
+    argv = ["pipeline", "--source", str(source), "--workdir", str(work), "--budget", "0.2", "--model", "tiny",
+            "--vocab-size", "400", "--quiet"]
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    for stage in ("collect", "preprocess", "tokenize", "train"):
+        assert f"{stage}: done" in out
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["stages"]["train"]["steps"] > 0
+    assert cllm.load(work / "model" / "model.cllm").tokenizer.vocab_size == 400
+
+    assert cli(argv) == 0  # nothing changed: every stage is skipped
+    out = capsys.readouterr().out
+    assert all(f"{stage}: up to date, skipped" in out for stage in ("collect", "preprocess", "tokenize", "train"))
+
+    (source / "new_module.py").write_text("def added():\n    return 42\n")
+    assert cli(argv) == 0  # a changed source re-runs everything from collect
+    assert "collect: done" in capsys.readouterr().out
+
+
+def test_pipeline_bad_inputs(tmp_path, capsys):
+    assert cli(["pipeline", "--source", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w")]) == 2
+    assert "neither a folder nor an http(s) URL" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="budget"):
+        PipelineOptions(budget_minutes=0)
