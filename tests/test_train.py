@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,17 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def run_worker(args, threads, kill_after=None, slow_checkpoint=False):
+def steps_done(folder) -> int:
+    path = folder / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in lines if '"type": "step"' in line)
+
+
+def run_worker(args, threads, kill_at_step=None, slow_checkpoint=False):
+    """Run a training worker; kill it once its metrics show ``kill_at_step`` steps (or inside its 3rd fsync)."""
     env = {**os.environ, "CLLM_NUM_THREADS": str(threads)}
     if slow_checkpoint:
         env["SLOW_CHECKPOINT"] = "1"
@@ -114,41 +125,37 @@ def run_worker(args, threads, kill_after=None, slow_checkpoint=False):
     if slow_checkpoint:
         assert proc.stdout.readline().strip() == "in checkpoint"
         proc.kill()
-    elif kill_after is not None:
-        time.sleep(kill_after)
+    elif kill_at_step is not None:
+        folder = Path(args["output"]).parent
+        deadline = time.time() + 300
+        while proc.poll() is None and steps_done(folder) < kill_at_step and time.time() < deadline:
+            time.sleep(0.005)
         proc.kill()
-    proc.wait(timeout=120)
+    proc.wait(timeout=300)
     proc.stdout.close()
     return proc.returncode
 
 
 def test_sigkilled_run_resumes_bitwise(tokens, tmp_path):
-    """SIGKILL a run 6 times (once inside a checkpoint write), resume each time with another thread count: the
-    final weights equal those of a run never stopped."""
+    """SIGKILL a run 6 times (once inside a checkpoint write, then at random steps), resuming each time with
+    another thread count: the final weights equal those of a run never stopped."""
     def args(out):  # JSON for the worker: the tiny preset (vocabulary from the data, context = seq_len)
         return {**{k: v for k, v in RUN.items() if k != "model"}, "model": "tiny", "data": str(tokens),
-                "epochs": 40, "checkpoint_every": 5, "keep_checkpoints": 2, "output": str(out)}
+                "epochs": 12, "checkpoint_every": 7, "keep_checkpoints": 2, "output": str(out)}
 
     reference = tmp_path / "reference" / "m.cllm"
     assert run_worker(args(reference), threads=2) == 0
+    planned = steps_done(reference.parent)
     interrupted = tmp_path / "interrupted" / "m.cllm"
-    rng = np.random.default_rng(7)
-    kills = 0
     assert run_worker(args(interrupted), threads=1, slow_checkpoint=True) == -9
-    kills += 1
-    while kills < 6:
-        code = run_worker(args(interrupted), threads=int(rng.integers(1, 5)),
-                          kill_after=float(rng.uniform(0.8, 1.6)))
-        if code == 0:
-            break
-        kills += 1
-    assert kills >= 5, "the run finished before 5 kills: make it longer"
-    if not interrupted.exists():
-        assert run_worker(args(interrupted), threads=3) == 0
+    rng = np.random.default_rng(7)
+    for target in sorted(rng.choice(np.arange(20, planned - 5), size=5, replace=False)):
+        assert run_worker(args(interrupted), threads=int(rng.integers(1, 5)), kill_at_step=target) == -9
+    assert run_worker(args(interrupted), threads=3) == 0
     np.testing.assert_array_equal(weights(interrupted), weights(reference))
     steps = [json.loads(x)["step"] for x in (interrupted.parent / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["type"] == "step"]
-    assert steps == list(range(1, steps[-1] + 1)), "metrics.jsonl has each step once after the resumes"
+    assert steps == list(range(1, planned + 1)), "metrics.jsonl has each step once after the resumes"
 
 
 def test_sigint_writes_a_checkpoint_and_resume_finishes_the_same(tokens, tmp_path):
