@@ -175,6 +175,30 @@ def _pipeline(args) -> int:
     return 0
 
 
+def _thread_counts(text: str) -> list[int]:
+    from .bench import parse_threads
+
+    try:
+        return parse_threads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _bench(args) -> int:
+    from .bench import default_threads, run, to_text
+    from .threads import effective_cpu_count
+
+    threads = args.threads or default_threads(effective_cpu_count())
+    report, code = run(threads, args.quick, args.output, keyword=args.k)
+    print(to_text(report))
+    print(f"wrote {args.output}/bench.json, bench.md and pytest-benchmark.json (every timing)")
+    if code:
+        print(f"cllm bench: failed: some benchmarks failed (pytest exit code {code}, its report is above); "
+              "the tables hold the others", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _info(args) -> int:
     from .fileformat import read
 
@@ -363,6 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("tiny", "small", "base"), default="small")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_pipeline)
+
+    p = sub.add_parser("bench", help="run the benchmarks against their peers; tables as text, JSON and Markdown",
+                       description="Run the pytest-benchmark suites of benchmarks/ (a source checkout with .[test]; "
+                                   "install .[peers] to measure PyTorch, HF tokenizers and tiktoken beside cllm) "
+                                   "and print one table of cllm vs its peers and a thread-scaling table of the "
+                                   "training step; write them to --output as bench.json and bench.md.")
+    p.add_argument("--threads", type=_thread_counts, default=None, metavar="N,N,...",
+                   help="thread counts to measure, e.g. 1,2,4 (default: 1, 2, 4, ... up to the CPUs and one "
+                        "power of two above them)")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller shapes and corpora, fewer rounds: a smoke test of a few minutes")
+    p.add_argument("--output", default="bench", metavar="DIR", help="default: %(default)s")
+    p.add_argument("-k", metavar="EXPR", help="only the benchmarks whose names match (pytest -k), e.g. train_step")
+    p.set_defaults(run=_bench)
 
     p = sub.add_parser("info", help="describe a .cllm file and verify its checksums",
                        description="Show a .cllm file's format version, model config and size, tokenizer, training "
