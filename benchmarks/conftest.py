@@ -1,19 +1,37 @@
 """pytest-benchmark suites: each of our kernels beside its peer in the same run, the ratio in extra_info and in a
-table printed at the end (``pytest benchmarks/``; ``--benchmark-json=FILE`` keeps every figure).
+table printed at the end (``pytest benchmarks/``; ``--benchmark-json=FILE`` keeps every figure; ``cllm bench``
+runs them and writes the tables as JSON and Markdown).
 
-A test records its result with the ``record`` fixture; ours is measured after its peer so that the ratio
-(ours ÷ peer throughput, > 1 means faster) can be stored in its extra_info.
+Settings, read once here and used by every suite: $CLLM_BENCH_THREADS, the thread counts to measure (default
+"1,2"; more than the cores is valid), and $CLLM_BENCH_QUICK=1, smaller shapes and corpora and fewer rounds (a smoke
+test of a few minutes, not figures to quote). A suite parametrizes over ``THREADS`` and sizes itself with
+``quick(full, small)``.
+
+A test records its result with the ``record`` or ``record_rate`` fixture: each call appends
+``{suite, case, threads, impl, rate, unit, scale}`` to its benchmark's ``extra_info["records"]`` (what
+``cllm bench`` reads). Ours is measured after its peers so that the ratio (ours ÷ peer throughput, > 1 means
+faster) can be stored in our record.
 """
 
-import platform
+import datetime
+import importlib.metadata
 import time
 
 import pytest
+from threadpoolctl import threadpool_info
 
 import cllm
+from cllm.bench import build_report, env_settings, to_text
 
-RESULTS = {}  # (suite, case, threads) -> {impl: throughput}
+THREADS, QUICK = env_settings()
+PEERS = ("torch", "tokenizers", "tiktoken", "resiliparse", "safetensors")
+RECORDS = []  # every record of the session, in the order they were made
 NOTES = []  # free-form lines for the summary (memory, MFU, breakdowns)
+
+
+def quick(full, small):
+    """``small`` in quick mode ($CLLM_BENCH_QUICK=1), ``full`` otherwise."""
+    return small if QUICK else full
 
 
 def settle():
@@ -23,13 +41,15 @@ def settle():
 
 
 def _store(benchmark, suite, case, threads, impl, rate, unit, scale):
-    """Keep a throughput for the summary table; ours (measured after its peers) gets the ratios in extra_info."""
-    row = RESULTS.setdefault((suite, case, threads), {"unit": unit, "scale": scale})
-    row[impl] = rate
-    benchmark.extra_info.update(suite=suite, case=case, threads=threads, impl=impl, unit=unit, rate=rate)
-    peers = [k for k in row if k not in ("unit", "scale", "cllm")]
+    """Append a record to the session's and to the benchmark's extra_info; ours gets the ratios to its peers."""
+    record = {"suite": suite, "case": case, "threads": threads, "impl": impl, "rate": rate, "unit": unit,
+              "scale": list(scale)}
+    peers = {r["impl"]: r["rate"] for r in RECORDS
+             if (r["suite"], r["case"], r["threads"]) == (suite, case, threads) and r["impl"] != "cllm"}
     if impl == "cllm" and peers:
-        benchmark.extra_info["ratio"] = {p: rate / row[p] for p in peers}
+        record["ratio"] = {peer: rate / theirs for peer, theirs in peers.items()}
+    RECORDS.append(record)
+    benchmark.extra_info.setdefault("records", []).append(record)
     return rate
 
 
@@ -43,26 +63,6 @@ def record(benchmark):
     return _record
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not RESULTS and not NOTES:
-        return
-    tr = terminalreporter
-    tr.section("cllm vs peers (throughput; ratio > 1: cllm faster)")
-    tr.write_line(f"machine: {platform.processor() or platform.machine()}, cllm ISA path: {cllm.show_config()['isa']}")
-    tr.write_line(f"{'suite':<18}{'case':<28}{'thr':>4}{'cllm':>12}{'peer':>12}{'ratio':>8}  unit")
-    for (suite, case, threads), row in RESULTS.items():
-        ours = row.get("cllm")
-        divisor, prefix = row.get("scale", (1e9, "G"))  # rows from record_rate carry their own scale
-        for peer in [k for k in row if k not in ("unit", "scale", "cllm")] or [None]:
-            theirs = row.get(peer) if peer else None
-            ratio = f"{ours / theirs:8.2f}" if ours and theirs else f"{'':>8}"
-            fmt = lambda v: f"{v / divisor:12.1f}" if v else f"{'-':>12}"
-            tr.write_line(f"{suite:<18}{case:<28}{threads:>4}{fmt(ours)}{fmt(theirs)}{ratio}  {prefix}{row['unit']}/s"
-                          + (f" vs {peer}" if peer else ""))
-    for line in NOTES:
-        tr.write_line(line)
-
-
 @pytest.fixture
 def record_rate(benchmark):
     def _record_rate(suite, case, threads, impl, rate, unit, scale=(1, "")):
@@ -71,3 +71,34 @@ def record_rate(benchmark):
         return _store(benchmark, suite, case, threads, impl, rate, unit, scale)
 
     return _record_rate
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """cllm's build and ISA path, numpy's BLAS and the peers' versions, and this run's settings."""
+    blas = {f"numpy's {i['internal_api']}": i["version"] for i in threadpool_info() if i["user_api"] == "blas"}
+    machine_info.update(cllm=cllm.show_config(), peers={**blas, **{p: _version(p) for p in PEERS}},
+                        bench={"threads": THREADS, "quick": QUICK})
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["notes"] = NOTES
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The tables `cllm bench` prints, unless --benchmark-quiet (cllm bench prints them itself)."""
+    if config.getoption("benchmark_quiet") or not (RECORDS or NOTES):
+        return
+    info = config.hook.pytest_benchmark_generate_machine_info(config=config)
+    pytest_benchmark_update_machine_info(config, info)
+    data = {"datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine_info": info, "benchmarks": [{"extra_info": {"records": RECORDS}}], "notes": NOTES}
+    terminalreporter.section("cllm vs peers")
+    for line in to_text(build_report(data)).splitlines():
+        terminalreporter.write_line(line)

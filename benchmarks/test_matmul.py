@@ -1,4 +1,5 @@
-"""Linear layers (the SGEMM kernel) against numpy's matmul (OpenBLAS), M = 4096 rows, 1 and 2 threads.
+"""Linear layers (the SGEMM kernel) against numpy's matmul (OpenBLAS), M = 4096 rows, at each of conftest.THREADS
+(quick mode: one shape, fewer rounds).
 
 forward:  y = x · wᵀ             (numpy: np.matmul(x, w.T))
 backward: dx = dy · w, dw = dyᵀ · x, db = Σ dy   (numpy: two matmuls and a sum)
@@ -11,11 +12,12 @@ from threadpoolctl import threadpool_limits
 
 from cllm import kernels
 
-from conftest import settle
+from conftest import THREADS, quick, settle
 
 M = 4096
-SHAPES = [(256, 768), (256, 256), (256, 1024), (1024, 256), (256, 8192)]  # (K, N)
-CASES = [(op, K, N, threads, impl) for op in ("forward", "backward") for K, N in SHAPES for threads in (1, 2)
+SHAPES = quick([(256, 768), (256, 256), (256, 1024), (1024, 256), (256, 8192)], [(256, 768)])  # (K, N)
+ROUNDS, WARMUP = quick(15, 3), quick(3, 1)
+CASES = [(op, K, N, threads, impl) for op in ("forward", "backward") for K, N in SHAPES for threads in THREADS
          for impl in ("numpy", "cllm")]
 
 
@@ -47,5 +49,5 @@ def test_linear(benchmark, record, op, K, N, threads, impl):
     flops = 2 * M * N * K * (1 if op == "forward" else 2)
     settle()
     with threadpool_limits(limits=threads, user_api="blas"):
-        benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=3)
+        benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
     record(f"linear_{op}", f"M{M} K{K} N{N}", threads, impl, flops, "FLOP")

@@ -1,7 +1,8 @@
-"""cllm preprocess throughput (input MB/s, median of 3 runs) at 1 and 2 worker processes on two corpora:
-the Python standard library's .py sources (the running Python's Lib/, site-packages excluded; collected with
-cllm collect, default 1 MiB file cap) and a generated HTML corpus (tests/html_corpus.py: 2,000 pages with
-navigation, sidebars and footers, in one WARC file). Beside it, HTML main-text extraction alone: trafilatura
+"""cllm preprocess throughput (input MB/s, median of 3 runs) at each of conftest.THREADS worker processes on two
+corpora: the Python standard library's .py sources (the running Python's Lib/, site-packages excluded; collected
+with cllm collect, default 1 MiB file cap) and a generated HTML corpus (tests/html_corpus.py: 2,000 pages with
+navigation, sidebars and footers, in one WARC file). Quick mode: three stdlib packages (email, json, http),
+200 pages, one run. Beside it, HTML main-text extraction alone: trafilatura
 (ours) against resiliparse (a faster extractor we measured and did not choose), with recall of the article
 paragraphs and boilerplate leaked in extra_info.
 """
@@ -18,19 +19,21 @@ from cllm.fetch import Fetched
 from cllm.preprocess import preprocess
 from cllm.warc import WarcWriter
 
-from conftest import NOTES, settle
+from conftest import NOTES, THREADS, quick, settle
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from html_corpus import corpus  # noqa: E402
 
-HTML_PAGES = 2000
+HTML_PAGES, ROUNDS = quick(2000, 200), quick(3, 1)
+STDLIB = sysconfig.get_paths()["stdlib"]
+STDLIB_ROOTS = quick([STDLIB], [os.path.join(STDLIB, name) for name in ("email", "json", "http")])
 
 
 @pytest.fixture(scope="module")
 def stdlib_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("stdlib")
-    report = collect([sysconfig.get_paths()["stdlib"]], out, include=["*.py"], exclude=["site-packages"])
-    NOTES.append(f"preprocess stdlib corpus: {report['files']} files, {report['bytes'] / 1e6:.1f} MB")
+    report = collect(STDLIB_ROOTS, out, include=["*.py"], exclude=["site-packages"])
+    NOTES.append(f"preprocess stdlib corpus: {report['files'].get('ok', 0)} files, {report['bytes'] / 1e6:.1f} MB")
     return out
 
 
@@ -51,7 +54,7 @@ def html_warc(tmp_path_factory, html_pages):
 
 
 @pytest.mark.parametrize("name", ["stdlib", "html"])
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", THREADS)
 def test_preprocess(benchmark, record_rate, request, tmp_path, name, workers):
     source = request.getfixturevalue("stdlib_corpus" if name == "stdlib" else "html_warc")
     settle()
@@ -60,14 +63,14 @@ def test_preprocess(benchmark, record_rate, request, tmp_path, name, workers):
     def run():
         reports.append(preprocess(source, tmp_path / "out", threads=workers, progress=False))
 
-    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     r = reports[-1]
     rate = r["bytes_in"] / benchmark.stats.stats.median
     benchmark.extra_info.update(kept=r["kept"], documents=r["documents"], dropped=r["dropped"],
                                 mb=r["bytes_in"] / 1e6)
     record_rate("preprocess", f"{name} corpus", workers, "cllm", rate, "B", scale=(1e6, "M"))
     NOTES.append(f"preprocess {name} w{workers}: {r['bytes_in'] / 1e6:.1f} MB in {benchmark.stats.stats.median:.2f} s "
-                 f"(median of 3), kept {r['kept']} of {r['documents']}, dropped {r['dropped']}")
+                 f"(median of {ROUNDS}), kept {r['kept']} of {r['documents']}, dropped {r['dropped']}")
 
 
 def _score(texts, pages):
@@ -91,7 +94,7 @@ def test_html_extraction(benchmark, record_rate, html_pages, impl):
         fn = lambda h: html_main_text(h, None)[0]
     settle()
     texts = []
-    benchmark.pedantic(lambda: texts.append([fn(h) for h, _ in pages]), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: texts.append([fn(h) for h, _ in pages]), rounds=ROUNDS, iterations=1)
     recall, leaked = _score(texts[-1], pages)
     mb = sum(len(h.encode()) for h, _ in pages)
     benchmark.extra_info.update(paragraph_recall=recall, boilerplate_leaked=leaked)

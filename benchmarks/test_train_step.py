@@ -1,6 +1,7 @@
 """A full training step (forward + backward + grad-norm clip + AdamW) of cllm.Model against the PyTorch peer
-(benchmarks/peers/torch_gpt.py), preset "small" (V 8192, T 256, C 256, L 4, NH 4), batch 16 x 256 tokens,
-1 and 2 threads; both start from cllm.Model(cfg, seed=0)'s weights on the same random tokens.
+(benchmarks/peers/torch_gpt.py), preset "small" (V 8192, T 256, C 256, L 4, NH 4), batch 16 x 256 tokens (quick
+mode: 4 x 256, fewer steps), at each of conftest.THREADS; both start from cllm.Model(cfg, seed=0)'s weights on the
+same random tokens. These rates make `cllm bench`'s thread-scaling table.
 
 Each case runs benchmarks/train_step_worker.py in a process of its own (peak RSS is then that implementation's
 alone, and torch's thread pool never meets cllm's); the worker times WARMUP + STEPS steps and reports the median
@@ -22,11 +23,11 @@ import pytest
 
 import cllm
 
-from conftest import NOTES, settle
+from conftest import NOTES, THREADS, quick, settle
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_step_worker.py")
-PRESET, BATCH, WARMUP, STEPS = "small", 16, 2, 5
-CASES = [(threads, impl) for threads in (1, 2) for impl in ("torch", "cllm")]  # the peer first: the ratio needs it
+PRESET, BATCH, WARMUP, STEPS = "small", quick(16, 4), quick(2, 1), quick(5, 3)
+CASES = [(threads, impl) for threads in THREADS for impl in ("torch", "cllm")]  # the peer first: the ratio needs it
 
 has_torch = importlib.util.find_spec("torch") is not None  # not imported here: the workers import it
 

@@ -1,11 +1,12 @@
 """Train one BPE tokenizer on the Python standard library's .py sources in a process of its own (so that its
 peak RSS and thread pool are its own) and print one JSON line.
 
-    python benchmarks/tokenizer_worker.py --impl cllm|hf --vocab-size 8192 --threads 2 [--save FILE]
+    python benchmarks/tokenizer_worker.py --impl cllm|hf --vocab-size 8192 --threads 2 [--save FILE] [--max-bytes N]
 
 Corpus: every .py file under the running Python's stdlib folder (site-packages excluded; ~31 MB), read as bytes and
-decoded with errors="replace", the same texts for both. hf: tokenizers.BpeTrainer with the ByteLevel pre-tokenizer
-(GPT-2's split pattern, as cllm's "gpt2"), min_frequency 2, the 256 byte alphabet, <|endoftext|> special.
+decoded with errors="replace", the same texts for both (--max-bytes: only the first files, in path order, up to
+about that many bytes). hf: tokenizers.BpeTrainer with the ByteLevel pre-tokenizer (GPT-2's split pattern, as
+cllm's "gpt2"), min_frequency 2, the 256 byte alphabet, <|endoftext|> special.
 Reports seconds (reading excluded), peak RSS and bytes per token of the whole corpus under the trained tokenizer.
 """
 
@@ -19,10 +20,17 @@ import time
 from pathlib import Path
 
 
-def stdlib_texts():
+def stdlib_texts(max_bytes=None):
+    """The stdlib's .py files in path order; with max_bytes, the first ones until that many bytes are read."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
-    return [p.read_bytes().decode("utf-8", errors="replace") for p in files]
+    texts, total = [], 0
+    for path in sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts):
+        if max_bytes is not None and total >= max_bytes:
+            break
+        data = path.read_bytes()
+        total += len(data)
+        texts.append(data.decode("utf-8", errors="replace"))
+    return texts
 
 
 def main():
@@ -31,9 +39,10 @@ def main():
     ap.add_argument("--vocab-size", type=int, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", help="write the trained tokenizer.json here")
+    ap.add_argument("--max-bytes", type=int, default=None, help="read only the first files, up to about N bytes")
     args = ap.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # HF's thread pool; read when it first starts
-    texts = stdlib_texts()
+    texts = stdlib_texts(args.max_bytes)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     if args.impl == "cllm":
         import cllm
