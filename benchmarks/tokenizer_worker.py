@@ -13,11 +13,12 @@ Reports seconds (reading excluded), peak RSS and bytes per token of the whole co
 import argparse
 import json
 import os
-import resource
 import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from peak_memory import peak_rss_mb
 
 
 def stdlib_texts(max_bytes=None):
@@ -71,7 +72,7 @@ def main():
     print(json.dumps({"impl": args.impl, "threads": args.threads, "vocab_size": vocab, "seconds": seconds,
                       "mb_per_s": n_bytes / seconds / 1e6, "bytes": n_bytes, "tokens": n_tokens,
                       "bytes_per_token": n_bytes / n_tokens,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from peak_memory import peak_rss_mb
+
 LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
 
 
@@ -175,7 +177,7 @@ def main(argv=None):
         "step_ms_min": min(times) * 1e3,  # the least disturbed step, for a busy machine
         "step_ms_all": [round(t * 1e3, 3) for t in times],
         "others_cpu": others_cpu,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mb": peak_rss_mb(),
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "n_params": n_params,
