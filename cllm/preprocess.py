@@ -28,7 +28,9 @@ from pathlib import Path
 
 from .documents import iter_items, process_batch, resolve_inputs
 from .filters import Thresholds
+from .atomic import atomic_write
 from .minhash import LSHIndex
+from .signals import StopSignals, ignore_sigint
 from .threads import resolve_num_threads
 
 __all__ = ["preprocess"]
@@ -84,7 +86,8 @@ def _batches(items):
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                               initializer=ignore_sigint)
 
 
 def _results(batches, workers: int, thresholds: Thresholds):
@@ -155,42 +158,44 @@ def preprocess(inputs, output, *, threads=None, thresholds: Thresholds = Thresho
         from tqdm import tqdm
 
         bar = tqdm(unit="doc", desc="preprocessing", dynamic_ncols=True)
-    try:
-        for r in _results(_batches(iter_items(inputs, problems)), workers, thresholds):
-            stats["documents"] += 1
-            stats["bytes_in"] += r["bytes"]
+    with StopSignals() as stop:
+        try:
+            for r in _results(_batches(iter_items(inputs, problems)), workers, thresholds):
+                if stop.signal:  # Ctrl-C / SIGTERM: stop between documents, every shard whole
+                    interrupted = True
+                    break
+                stats["documents"] += 1
+                stats["bytes_in"] += r["bytes"]
+                if bar is not None:
+                    bar.update(1)
+                drop = r["drop"]
+                if drop is None and r["hash"] in seen:
+                    drop = "exact_duplicate"
+                elif drop is None and near_dedup and not index.add_if_new(r["signature"]):
+                    drop = "near_duplicate"
+                if drop is not None:
+                    dropped[drop] += 1
+                    if "error" in r and len(errors) < 20:
+                        errors.append(f"{r['source']}: {r['error']}")
+                    continue
+                seen.add(r["hash"])
+                shards.write({"text": r["text"], "source": r["source"], "meta": r["meta"]})
+                stats["kept"] += 1
+                stats["chars_out"] += len(r["text"])
+        finally:
             if bar is not None:
-                bar.update(1)
-            drop = r["drop"]
-            if drop is None and r["hash"] in seen:
-                drop = "exact_duplicate"
-            elif drop is None and near_dedup and not index.add_if_new(r["signature"]):
-                drop = "near_duplicate"
-            if drop is not None:
-                dropped[drop] += 1
-                if "error" in r and len(errors) < 20:
-                    errors.append(f"{r['source']}: {r['error']}")
-                continue
-            seen.add(r["hash"])
-            shards.write({"text": r["text"], "source": r["source"], "meta": r["meta"]})
-            stats["kept"] += 1
-            stats["chars_out"] += len(r["text"])
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        names = shards.close()
-        seconds = time.perf_counter() - start
-        report = {**stats, "dropped": dict(sorted(dropped.items())), "problems": dict(sorted(problems.items())),
-                  "errors": errors, "shards": names, "workers": workers, "seconds": round(seconds, 3),
-                  "mb_per_s": round(stats["bytes_in"] / 1e6 / max(seconds, 1e-9), 2),
-                  "thresholds": asdict(thresholds), "near_dedup": near_dedup, "interrupted": interrupted,
-                  "inputs": [str(p) for p in inputs]}
-        tmp = output / ".report.json.tmp"
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, output / "report.json")
+                bar.close()
+            names = shards.close()
+            seconds = time.perf_counter() - start
+            report = {**stats, "dropped": dict(sorted(dropped.items())), "problems": dict(sorted(problems.items())),
+                      "errors": errors, "shards": names, "workers": workers, "seconds": round(seconds, 3),
+                      "mb_per_s": round(stats["bytes_in"] / 1e6 / max(seconds, 1e-9), 2),
+                      "thresholds": asdict(thresholds), "near_dedup": near_dedup, "interrupted": interrupted,
+                      "inputs": [str(p) for p in inputs]}
+            with atomic_write(output / "report.json", "w") as f:
+                f.write(json.dumps(report, indent=2) + "\n")
+    if interrupted:
+        raise KeyboardInterrupt
     if not stats["documents"]:
         raise ValueError(f"preprocess: no documents in {', '.join(map(str, inputs))} "
                          f"(problems: {dict(problems) or 'none'})")

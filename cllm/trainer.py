@@ -19,8 +19,7 @@ import json
 import math
 import os
 import resource
-import signal
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from .data import TokenData, Windows
 from .fileformat import FormatError, read
 from .model import Model, memory_estimate
 from .optim import AdamW, lr_at
+from .signals import StopSignals
 from .threads import get_num_threads, threads
 
 __all__ = ["TrainResult", "train"]
@@ -142,7 +142,7 @@ class Trainer:
     def run(self) -> TrainResult:
         c = self.cfg
         nt = c.threads or get_num_threads()
-        with threads(nt), _StopSignals() as stop:
+        with threads(nt), StopSignals() as stop:
             self.model, self.opt, state, resumed_from = self._start()
             self.micro = state["micro_batch"]
             self.state = state
@@ -349,31 +349,6 @@ class Trainer:
 
 # --- helpers --------------------------------------------------------------------------------------------------
 
-class _StopSignals:
-    """SIGINT / SIGTERM set ``signal`` so that the loop stops after the current step and writes a checkpoint; a
-    second SIGINT interrupts at once. Only in the main thread (elsewhere signals cannot be caught)."""
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.signal == "SIGINT" and name == "SIGINT":
-            raise KeyboardInterrupt
-        self.signal = name
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _progress_bar(enabled: bool, total: int, initial: int):
     if not enabled:
         return _NoBar()
@@ -418,5 +393,12 @@ def _cpu_seconds() -> float:
 
 
 def _peak_rss() -> int:
-    """Peak resident set of this process in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set of this process in bytes: VmHWM on Linux (ru_maxrss would include a parent process's
+    peak carried across exec), else ru_maxrss (KiB on Linux, bytes on macOS)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
