@@ -49,6 +49,9 @@ class PipelineOptions:
 
 
 SKIP_DIRS = ("site-packages", "dist-packages", "__pycache__")  # installed packages are not the standard library
+EVAL_TOKENS = 1 << 18  # validation tokens scored after training (about 1 MB of the held-out text)
+PROMPTS = ("def fibonacci(n):\n", "import os\nimport sys\n\n\ndef main(", "class Stack:\n    \"\"\"",
+           "    for i in range(len(")
 RESERVE_FRACTION, RESERVE_MAX = 0.1, 60.0  # of the budget, kept for evaluation and samples after training
 
 
@@ -91,9 +94,13 @@ def pipeline(options: PipelineOptions, log=print) -> dict:
                                           budget - (time.perf_counter() - start) - min(RESERVE_MAX, RESERVE_FRACTION * budget),
                                           resume),
                resumable=True)
-    summary = {"workdir": str(work), "stages": runner.summaries, "seconds": round(time.perf_counter() - start, 1)}
+    runner.run("evaluate", "eval", {"max_tokens": EVAL_TOKENS, "prompts": PROMPTS},
+               lambda out: _evaluate(work, out, options))
+    summary = {"workdir": str(work), "stages": runner.summaries, "seconds": round(time.perf_counter() - start, 1),
+               "report": str(work / "report.md")}
     with atomic_write(work / "summary.json", "w") as f:
         json.dump(summary, f, indent=2)
+    _write_report(work, summary)
     return summary
 
 
@@ -170,6 +177,67 @@ def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, re
             "val_loss": result.val_loss, "bits_per_byte": result.bits_per_byte,
             "tokens_per_second": round(result.tokens_per_second), "model": str(result.output),
             "report": str(result.report)}
+
+
+def _evaluate(work: Path, out: Path, options: PipelineOptions) -> dict:
+    from .evaluate import evaluate
+    from .fileformat import load
+    from .threads import get_num_threads, threads
+
+    model = load(work / "model" / "model.cllm")
+    with threads(options.threads or get_num_threads()):
+        metrics = evaluate(model, work / "tokens", max_tokens=EVAL_TOKENS)
+        samples = [{"prompt": p, "completion": model.generate(p, 120, temperature=0.8, top_k=40, seed=i)}
+                   for i, p in enumerate(PROMPTS)]
+    with atomic_write(out / "eval.json", "w") as f:
+        json.dump({**metrics, "samples": samples}, f, indent=2)
+    keys = ("loss", "perplexity", "bits_per_byte", "xz_bits_per_byte", "gzip_bits_per_byte", "top1", "top5",
+            "tokens", "bytes")
+    return {**{k: metrics[k] for k in keys}, "samples": samples}
+
+
+def _write_report(work: Path, summary: dict) -> None:
+    """workdir/report.md: what each stage did, the validation figures beside xz and gzip, the samples."""
+    st = summary["stages"]
+    rows = [f"| {name} | {s['seconds']:.1f}{' (up to date)' if s.get('skipped') else ''} | {_stage_line(name, s)} |"
+            for name, s in st.items()]
+    e, t = st.get("evaluate", {}), st.get("train", {})
+    lines = ["# cllm pipeline", "", f"Work folder `{work}`, {summary['seconds']:.0f} s in this run.", "",
+             "| stage | seconds | result |", "|---|---|---|", *rows, ""]
+    if e:
+        lines += ["## Validation (held-out documents)", "",
+                  "| | bits per byte |", "|---|---|",
+                  f"| the model | **{e['bits_per_byte']:.4f}** |",
+                  f"| xz -9e on the same bytes | {e['xz_bits_per_byte']:.4f} |",
+                  f"| gzip -9 on the same bytes | {e['gzip_bits_per_byte']:.4f} |", "",
+                  f"Loss {e['loss']:.4f} nats/token, perplexity {e['perplexity']:.2f}, next-token accuracy top-1 "
+                  f"{e['top1']:.1%}, top-5 {e['top5']:.1%}, on {e['tokens']:,} tokens ({e['bytes']:,} bytes).", "",
+                  "## Samples (temperature 0.8, top-k 40)", ""]
+        for sample in e["samples"]:
+            lines += ["```python", sample["prompt"] + sample["completion"], "```", ""]
+    if t:
+        lines += [f"Training report: [{Path(t['report']).relative_to(work)}]({Path(t['report']).relative_to(work)})",
+                  ""]
+    with atomic_write(work / "report.md", "w") as f:
+        f.write("\n".join(lines))
+
+
+def _stage_line(name: str, s: dict) -> str:
+    if name == "collect":
+        return f"{s['files']:,} files, {s['bytes']:,} bytes"
+    if name == "crawl":
+        return f"{s['pages']}, {s['bytes']:,} bytes"
+    if name == "preprocess":
+        return f"{s['kept']:,} of {s['documents']:,} documents kept, {s['characters']:,} characters"
+    if name == "tokenize":
+        return (f"{s['train_tokens']:,} train + {s['val_tokens']:,} val tokens, {s['bytes_per_token']} bytes/token, "
+                f"vocabulary {s['vocab_size']:,}")
+    if name == "train":
+        return (f"{s['steps']:,} steps, {s['tokens']:,} tokens, {s['tokens_per_second']:,} tokens/s, train loss "
+                f"{s['train_loss']:.4f}")
+    if name == "evaluate":
+        return f"{s['bits_per_byte']:.4f} bits/byte (xz -9e {s['xz_bits_per_byte']:.4f})"
+    return ""
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
