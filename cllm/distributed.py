@@ -129,7 +129,7 @@ class World:
             yield
         except BaseException as e:
             where = f"cllm (rank {self.rank} of {self.size})"
-            if isinstance(e, (ValueError, TypeError)):  # a usage error: its message says it all
+            if isinstance(e, (ValueError, TypeError, RuntimeError, OSError, MemoryError)):  # as the CLI: one line
                 sys.stderr.write(f"{where}: error: {e}\n")
             else:
                 sys.stderr.write(f"{where}: {traceback.format_exc()}")
