@@ -162,8 +162,13 @@ class GradientSum:
         self.bounds = [size * q // R for q in range(R + 1)]  # rank q sums elements bounds[q]:bounds[q + 1]
         mine = self.bounds[r + 1] - self.bounds[r]
         self.partials = [np.empty(mine, np.float32) for _ in range(tree.depth)]  # one per level with children
-        self.received = np.empty((R, mine), np.float32) if R > 1 else None
         self.stack, self.arrived, self.total = [], 0, None
+        if R > 1:  # MPI buffer specifications: a whole gradient by slices, and the slices received
+            from mpi4py import MPI
+
+            self.received = np.empty((R, mine), np.float32)
+            self.by_slices = (np.diff(self.bounds).tolist(), self.bounds[:-1], MPI.FLOAT)
+            self.receive = [self.received, [mine] * R, [mine * q for q in range(R)], MPI.FLOAT]
 
     @staticmethod
     def extra_bytes(n: int, size: int, ranks: int) -> int:
@@ -185,10 +190,7 @@ class GradientSum:
         """Leave the step's gradient in ``grad`` on every rank, and start the next step."""
         total, self.total, self.arrived = self.total, None, 0
         if self.world.size > 1:
-            from mpi4py import MPI
-
-            counts = np.diff(self.bounds).tolist()
-            self.world.comm.Allgatherv(total, [grad, counts, self.bounds[:-1], MPI.FLOAT])
+            self.world.comm.Allgatherv(total, [grad, *self.by_slices])
         elif total is not grad:
             np.copyto(grad, total)
 
@@ -196,12 +198,7 @@ class GradientSum:
         """The round's gradients in pre-order, as this rank's slice of each."""
         if self.world.size == 1:
             return [grad]
-        from mpi4py import MPI
-
-        R, mine = self.world.size, self.received.shape[1]
-        counts = np.diff(self.bounds).tolist()
-        self.world.comm.Alltoallv([grad, counts, self.bounds[:-1], MPI.FLOAT],
-                                  [self.received, [mine] * R, [mine * q for q in range(R)], MPI.FLOAT])
+        self.world.comm.Alltoallv([grad, *self.by_slices], self.receive)
         return self.received
 
     def _fold(self, node: int, g: np.ndarray) -> None:

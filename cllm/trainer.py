@@ -165,20 +165,18 @@ class Trainer:
             self.model, self.opt, state, resumed_from = self._start()
             self.micro = state["micro_batch"]
             self.state = state
-            self.grads = GradientSum(self.world, c.batch_size // self.micro, self.model.params.size)
+            self.gradient_sum = GradientSum(self.world, c.batch_size // self.micro, self.model.params.size)
             result = self._loop(stop, resumed_from, nt)
         return result
 
     def _start(self):
         """(model, optimizer, trainer state, checkpoint resumed from or None): rank 0's, on every rank."""
         w = self.world
-        start = self._open() if w.rank == 0 else None
         if w.size == 1:
-            return start
-        state, resumed_from, opt_step = w.bcast(start and (start[2], start[3], start[1].step_count))
-        if w.rank == 0:
-            model, opt = start[:2]
-        else:
+            return self._open()
+        model, opt, state, resumed_from = self._open() if w.rank == 0 else (None,) * 4
+        state, resumed_from, opt_step = w.bcast((state, resumed_from, opt and opt.step_count))
+        if w.rank:
             model = Model(self.model_config, seed=self.cfg.seed)
             model.tokenizer = self.data.tokenizer
             opt = self._optimizer(model)
@@ -306,19 +304,18 @@ class Trainer:
             resumed_from=resumed_from)
 
     def _gradients(self, batch) -> float:
-        """The mean loss of the global batch; leaves its gradient in the model's grad_buffer, on every rank.
-        This rank computes its share of the micro-batches (``GradientSum.mine``); the sum of the losses is made
-        in the order of the micro-batches, as that of the gradients is in a fixed order: same bits for any rank
-        count."""
-        model, micro, n = self.model, self.micro, self.grads.n
+        """The mean loss of the global batch, with its gradient left in the model's grad_buffer on every rank;
+        this rank computes its share of the micro-batches. Losses and gradients are added in a fixed order: the
+        same bits for any rank count."""
+        model, micro, total = self.model, self.micro, self.gradient_sum
         losses = {}
-        for j in self.grads.mine():
+        for j in total.mine():
             x, y = self.windows.batch(batch[j * micro:(j + 1) * micro])
-            losses[j] = model.forward_backward(x, y, loss_scale=1.0 / n)
-            self.grads.add(model.grad_buffer)
-        self.grads.finish(model.grad_buffer)
+            losses[j] = model.forward_backward(x, y, loss_scale=1.0 / total.n)
+            total.add(model.grad_buffer)
+        total.finish(model.grad_buffer)
         losses = self.world.merge(losses)
-        return sum(losses[j] / n for j in range(n))
+        return sum(losses[j] / total.n for j in range(total.n))
 
     def _lr(self, step: int, elapsed: float) -> float:
         """The scheduled rate. With a time budget the schedule runs on whichever is further along, the steps or
@@ -356,10 +353,8 @@ class Trainer:
                 x, y = self.val_windows.batch(range(start, min(n, start + self.micro)))
                 parts[i] = (float(np.sum(self.model.token_losses(x, y), dtype=np.float64)), y.size,
                             int(self.token_bytes[y].sum()))
-        parts = w.merge(parts)
-        nats, tokens, nbytes = 0.0, 0, 0
-        for i in range(len(parts)):  # in order: the same sum for any rank count
-            nats, tokens, nbytes = nats + parts[i][0], tokens + parts[i][1], nbytes + parts[i][2]
+        parts = [part for _, part in sorted(w.merge(parts).items())]  # added in order: the same for any rank count
+        nats, tokens, nbytes = (sum(part[k] for part in parts) for k in range(3))
         val = nats / tokens
         record = {"type": "eval", "step": st["step"], "tokens": st["tokens"], "val_loss": val,
                   "perplexity": math.exp(min(val, 700.0)), "bits_per_byte": nats / math.log(2) / max(nbytes, 1),
