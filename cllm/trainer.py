@@ -286,7 +286,7 @@ class Trainer:
         st["elapsed"] = elapsed()
         checkpoint = self._checkpoint()
         session = {"seconds": time.perf_counter() - session_start, "cpu_seconds": _cpu_seconds() - cpu_start,
-                   "threads": nt, "peak_rss": _peak_rss()}
+                   "threads": nt, "ranks": w.size, "peak_rss": _peak_rss()}
         report = None
         if stopped not in ("SIGINT", "SIGTERM") and w.rank == 0:
             self._save_output()
