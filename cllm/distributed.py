@@ -211,7 +211,7 @@ class GradientSum:
             return
         while self.stack:  # g is a complete subtree: add it to its parent's partial, and so on up
             top = self.stack[-1]
-            K.residual_forward(top[0], g, out=top[0])
+            K.residual_forward(top[0], g, out=top[0])  # top += g, elementwise, on the kernel threads
             top[1] -= 1
             if top[1]:
                 return
