@@ -70,11 +70,14 @@ def env(**extra):
     return {**clean, **MPI_ENV, **extra}
 
 
+def mpiexec(ranks, *argv):
+    return [MPIEXEC, "-n", str(ranks), "--oversubscribe", "--host", f"127.0.0.1:{ranks}", sys.executable, *argv]
+
+
 def launch(ranks, args, **extra_env):
     """mpiexec -n ranks python WORKER args: the Popen (stdout: a JSON line per rank, then nothing)."""
-    argv = [MPIEXEC, "-n", str(ranks), "--oversubscribe", "--host", f"127.0.0.1:{ranks}", sys.executable, "-c",
-            WORKER, json.dumps(args)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra_env))
+    return subprocess.Popen(mpiexec(ranks, "-c", WORKER, json.dumps(args)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env(**extra_env))
 
 
 def objects(text):
@@ -90,10 +93,12 @@ def finish(proc, timeout):
 def wait_for_checkpoint(folder, after, proc, timeout=60):
     """Wait until a checkpoint of a step > after exists beside the run (or the run ended); its step."""
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline:
         steps = [int(p.stem[5:]) for p in (folder / "checkpoints").glob("step_*.cllm")]
         if steps and max(steps) > after:
             return max(steps)
+        if proc.poll() is not None:
+            break
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint after step {after} within {timeout} s (exit code {proc.poll()})")
 
@@ -205,8 +210,7 @@ def test_a_killed_rank_stops_the_job_and_resume_works_with_other_rank_counts(tok
     one.communicate(timeout=60)
 
     # 2 ranks finish it, through the command line (which rank 0 alone answers)
-    argv = [MPIEXEC, "-n", "2", "--oversubscribe", "--host", "127.0.0.1:2", sys.executable, "-m", "cllm", "train",
-            "--data", str(tokens), "--output", str(out), "--model", "tiny", "--quiet"]
+    argv = mpiexec(2, "-m", "cllm", "train", "--data", str(tokens), "--output", str(out), "--model", "tiny", "--quiet")
     for key in ("batch_size", "micro_batch", "seq_len", "lr", "warmup", "eval_tokens", "epochs", "checkpoint_every"):
         argv += [f"--{key.replace('_', '-')}", str(OPTIONS[key])]
     done = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=120)
