@@ -38,7 +38,8 @@ needs_mpi = pytest.mark.skipif(
     MPIEXEC is None or importlib.util.find_spec("mpi4py") is None,
     reason="needs mpi4py and Open MPI's mpiexec: pip install -e '.[mpi]' and an MPI (docs/distributed.md)")
 
-LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "CLLM_NUM_THREADS", "OMP_NUM_THREADS")
+# not inherited by the runs: a launcher's variables (this may run under one) and thread settings
+CLEARED_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "CLLM_NUM_THREADS", "OMP_NUM_THREADS")
 # Loopback only; Open MPI refuses root unless told (CI and this project's machines run as root).
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo"}
@@ -66,7 +67,7 @@ WORKER = textwrap.dedent("""
 
 
 def env(**extra):
-    clean = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    clean = {k: v for k, v in os.environ.items() if k not in CLEARED_VARS}
     return {**clean, **MPI_ENV, **extra}
 
 
