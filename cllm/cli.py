@@ -124,18 +124,9 @@ def _tokenize(args) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})")
-    return value
-
-
 def _train(args) -> int:
     from .config import ModelConfig
+    from .distributed import world
     from .trainer import train
 
     options = {k: getattr(args, k) for k in (
@@ -153,10 +144,13 @@ def _train(args) -> int:
         options["time_budget"] = args.time_budget * 60
     options["grad_clip"] = args.grad_clip or None  # 0: no clipping
     result = train(args.data, progress=not args.quiet, **options)
-    if result.stopped in ("SIGINT", "SIGTERM"):
+    code = {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped, 0)
+    if world().rank:  # under mpiexec rank 0 speaks for all
+        return code
+    if code:
         print(f"cllm train: stopped by {result.stopped} at step {result.steps}; checkpoint written to "
               f"{result.checkpoint}. Run the same command again to resume.", file=sys.stderr)
-        return 130 if result.stopped == "SIGINT" else 143
+        return code
     val = "" if result.val_loss is None else (f", val loss {result.val_loss:.4f} (perplexity {result.perplexity:.2f}, "
                                               f"{result.bits_per_byte:.4f} bits/byte)")
     print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s "
@@ -341,14 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a GPT on token shards (the output of cllm tokenize)",
                        description="Train a GPT-2 style model on the token shards in --data, with warmup + cosine "
                                    "learning rate, checkpoints every so often (resumed automatically), metrics.jsonl, "
-                                   "and report.md + loss.png beside --output.")
+                                   "and report.md + loss.png beside --output. Under mpiexec -n R the R ranks train "
+                                   "data-parallel (docs/distributed.md).")
     p.add_argument("--data", required=True, metavar="DIR", help="output folder of cllm tokenize")
     p.add_argument("--output", default="model.cllm", metavar="FILE", help="the trained model (default: %(default)s)")
     p.add_argument("--model", choices=("tiny", "small", "base"), default="small",
                    help="preset size (vocabulary from the data, context = --seq-len; default: %(default)s)")
     p.add_argument("--config", metavar="JSON", help="a JSON file of ModelConfig fields instead of --model")
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="sequences per step (default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="kernel threads (default: the usable CPUs; under mpiexec, this rank's share of its node's)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="sequences per step, all ranks together "
+                                                                         "(default: %(default)s)")
     p.add_argument("--micro-batch", type=_positive_int, default=None, help="sequences per forward/backward "
                                                                           "(default: chosen to fit memory)")
     p.add_argument("--seq-len", type=_positive_int, default=512)

@@ -247,7 +247,7 @@ def attention_backward(dout, qkv, out, lse, *, dqkv=None, num_threads=None) -> n
     B, T, C3 = qkv.shape
     C = C3 // 3
     _check(fn, "lse", lse, (B, None, T))
-    NH = _check_heads(fn, C, lse.shape[1])
+    _check_heads(fn, C, lse.shape[1])
     _check(fn, "dout", dout, (B, T, C))
     _check(fn, "out", out, (B, T, C))
     nt = resolve_num_threads(num_threads, f"{fn}: num_threads")

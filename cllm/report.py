@@ -40,7 +40,8 @@ def write_report(folder: Path, metrics_path: Path, summary: dict, config, model_
         f"- model: GPT-2, {model_config.n_params:,} parameters ({model_config.to_dict()})",
         f"- data: {summary.get('data')}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, kernel path {show_config()['isa']}, "
-        f"{session['threads']} threads",
+        f"{session['threads']} threads" + (f" per rank, {session['ranks']} MPI ranks (memory and CPU figures: rank "
+                                           f"0's)" if session.get("ranks", 1) > 1 else ""),
         f"- options: batch {config.batch_size} x {config.seq_len} tokens, lr {config.lr}, schedule {config.schedule}, "
         f"seed {config.seed}", "",
         "| | |", "|---|---|",

@@ -20,8 +20,8 @@ import os
 import re
 import warnings
 
-__all__ = ["effective_cpu_count", "get_num_threads", "set_num_threads", "threads", "resolve_num_threads",
-           "SphereTree", "sphere_tree", "tree_sum"]
+__all__ = ["effective_cpu_count", "get_num_threads", "configured_num_threads", "set_num_threads", "threads",
+           "resolve_num_threads", "SphereTree", "sphere_tree", "tree_sum"]
 
 _override: contextvars.ContextVar[int | None] = contextvars.ContextVar("cllm_num_threads", default=None)
 _default: int | None = None        # set_num_threads()
@@ -148,9 +148,9 @@ def _env_threads(var):
     return _check_threads(int(items[0]), var)
 
 
-def get_num_threads() -> int:
-    """The thread count kernels use by default: ``threads(n)`` > ``set_num_threads(n)`` >
-    ``$CLLM_NUM_THREADS`` > ``$OMP_NUM_THREADS`` (first item) > ``effective_cpu_count()``."""
+def configured_num_threads() -> int | None:
+    """The thread count set by ``threads(n)`` > ``set_num_threads(n)`` > ``$CLLM_NUM_THREADS`` >
+    ``$OMP_NUM_THREADS`` (first item), or None when none is set."""
     n = _override.get()
     if n is None:
         n = _default
@@ -158,6 +158,12 @@ def get_num_threads() -> int:
         n = _env_threads("CLLM_NUM_THREADS")
     if n is None:
         n = _env_threads("OMP_NUM_THREADS")
+    return n
+
+
+def get_num_threads() -> int:
+    """The thread count kernels use by default: ``configured_num_threads()``, else ``effective_cpu_count()``."""
+    n = configured_num_threads()
     return n if n is not None else effective_cpu_count()
 
 
@@ -204,6 +210,16 @@ class SphereTree:
         helper: parents p from the last internal node down to 0, each p's children in increasing order.
         Children have larger indices than their parent, so each node is complete before it is folded in."""
         return [(p, c) for p in range(self.n - 1, -1, -1) for c in self.children[p]]
+
+    def preorder(self) -> list[int]:
+        """The nodes depth first, each before its children, children in increasing order: the order in which
+        the additions of ``reduction_order`` can be made as the nodes arrive, holding one partial per level."""
+        order, stack = [], [0]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(reversed(self.children[node]))
+        return order
 
 
 def sphere_tree(n, fanout=12) -> SphereTree:

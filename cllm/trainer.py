@@ -1,10 +1,15 @@
 """The training loop: ``cllm.train(data, **options) -> TrainResult`` (options: ``cllm.TrainConfig``).
 
 One optimizer step = one global batch of ``batch_size`` windows of ``seq_len`` tokens, split into equal
-micro-batches whose gradients are accumulated; then global-norm clipping and AdamW at the scheduled learning
-rate. Epoch e visits every training window once, in an order fixed by (seed, e). Everything a step does is a
-function of the step number and the saved state, and the kernels give the same bits for any thread count: a run
-resumed from a checkpoint, with any thread count, ends with the same weights as one that was never stopped.
+micro-batches whose gradients are summed along their sphere tree (``cllm.distributed.GradientSum``); then
+global-norm clipping and AdamW at the scheduled learning rate. Epoch e visits every training window once, in an
+order fixed by (seed, e). Everything a step does is a function of the step number and the saved state, and the
+kernels give the same bits for any thread count: a run resumed from a checkpoint, with any thread count, ends
+with the same weights as one that was never stopped.
+
+Under an MPI launcher (``mpiexec -n R``, docs/distributed.md) each rank computes a share of every step's
+micro-batches, with the same bits as one process; rank 0 alone reads the checkpoint to start from (and
+broadcasts it), writes files and shows progress, and every rank evaluates a share of the validation windows.
 
 Beside ``output``: ``metrics.jsonl`` (a line per step, per evaluation, per epoch), ``checkpoints/`` (the last
 ``keep_checkpoints`` checkpoints, .cllm files with the optimizer and trainer state), and at the end ``report.md``
@@ -28,11 +33,12 @@ import numpy as np
 from .atomic import atomic_write
 from .config import PRESETS, ModelConfig, TrainConfig
 from .data import TokenData, Windows
+from .distributed import GradientSum, world
 from .fileformat import FormatError, read
-from .model import Model, memory_estimate
+from .model import Model, memory_estimate, parameter_layout
 from .optim import AdamW, lr_at
 from .signals import StopSignals
-from .threads import get_num_threads, threads
+from .threads import threads
 
 __all__ = ["TrainResult", "train"]
 
@@ -66,22 +72,28 @@ class TrainResult:
 
 def train(data="tokens/", **options) -> TrainResult:
     """Train a GPT on the token shards in ``data`` (a ``cllm tokenize`` output folder); see TrainConfig."""
-    try:
-        config = TrainConfig(**options)
-    except TypeError as e:
-        raise TypeError(f"train: {e}".replace("TrainConfig.__init__() ", "")) from None
-    return Trainer(data, config).run()
+    with world().abort_on_error():
+        try:
+            config = TrainConfig(**options)
+        except TypeError as e:
+            raise TypeError(f"train: {e}".replace("TrainConfig.__init__() ", "")) from None
+        return Trainer(data, config).run()
 
 
 class Trainer:
     def __init__(self, data, config: TrainConfig):
         self.cfg = c = config
+        self.world = w = world()
         self.data = TokenData(data)
         self.output = Path(c.output)
         self.folder = self.output.parent
         self.checkpoints = self.folder / "checkpoints"
         self.metrics_path = self.folder / "metrics.jsonl"
-        self._check_writable()
+        if w.rank == 0:
+            self._check_writable()
+        if c.batch_size % w.size:
+            raise ValueError(f"train: batch_size {c.batch_size} must be a multiple of the number of ranks "
+                             f"({w.size})")
         self.model_config = self._model_config()
         self.windows = Windows(self.data.train, c.seq_len)
         self.val_windows = Windows(self.data.val, c.seq_len)
@@ -121,15 +133,22 @@ class Trainer:
                            n_layers=n_layers, n_heads=n_heads)
 
     def _micro_batch(self) -> int:
-        """The largest divisor of batch_size whose micro-batch fits MAX_MICRO_TOKENS and the memory available."""
-        c = self.cfg
-        available = MEMORY_FRACTION * _available_memory()
-        need = lambda m: sum(memory_estimate(self.model_config, m, c.seq_len).values())
+        """The largest divisor of batch_size / ranks whose micro-batch fits MAX_MICRO_TOKENS and this rank's
+        share of the node's available memory."""
+        c, w = self.cfg, self.world
+        available = MEMORY_FRACTION * _available_memory() / w.node_size
+        size = parameter_layout(self.model_config)[1]
+        need = lambda m: (sum(memory_estimate(self.model_config, m, c.seq_len).values())
+                          + GradientSum.extra_bytes(c.batch_size // m, size, w.size))
+        share = c.batch_size // w.size
         if c.micro_batch is not None:
+            if share % c.micro_batch:
+                raise ValueError(f"train: micro_batch must divide batch_size / ranks = {share} (got "
+                                 f"{c.micro_batch})")
             candidates = [c.micro_batch]
         else:
-            candidates = [m for m in range(c.batch_size, 0, -1)
-                          if c.batch_size % m == 0 and (m * c.seq_len <= MAX_MICRO_TOKENS or m == 1)]
+            candidates = [m for m in range(share, 0, -1)
+                          if share % m == 0 and (m * c.seq_len <= MAX_MICRO_TOKENS or m == 1)]
         for m in candidates:
             if need(m) <= available:
                 return m
@@ -141,16 +160,33 @@ class Trainer:
 
     def run(self) -> TrainResult:
         c = self.cfg
-        nt = c.threads or get_num_threads()
+        nt = c.threads or self.world.default_threads()
         with threads(nt), StopSignals() as stop:
             self.model, self.opt, state, resumed_from = self._start()
             self.micro = state["micro_batch"]
             self.state = state
+            self.gradient_sum = GradientSum(self.world, c.batch_size // self.micro, self.model.params.size)
             result = self._loop(stop, resumed_from, nt)
         return result
 
     def _start(self):
-        """(model, optimizer, trainer state, checkpoint resumed from or None)."""
+        """(model, optimizer, trainer state, checkpoint resumed from or None): rank 0's, on every rank."""
+        w = self.world
+        if w.size == 1:
+            return self._open()
+        model, opt, state, resumed_from = self._open() if w.rank == 0 else (None,) * 4
+        state, resumed_from, opt_step = w.bcast((state, resumed_from, opt and opt.step_count))
+        if w.rank:
+            model = Model(self.model_config, seed=self.cfg.seed)
+            model.tokenizer = self.data.tokenizer
+            opt = self._optimizer(model)
+        for a in (model.params, opt.m, opt.v):
+            w.bcast_array(a)
+        opt.step_count = opt_step
+        return model, opt, state, resumed_from
+
+    def _open(self):
+        """``_start`` in one process: the newest readable checkpoint when resuming, else a new model."""
         c = self.cfg
         if c.resume:
             for path in sorted(self.checkpoints.glob("step_*.cllm"), reverse=True):
@@ -191,15 +227,16 @@ class Trainer:
                              f"the same options to resume, or resume=False (--no-resume) to start over")
 
     def _loop(self, stop, resumed_from, nt) -> TrainResult:
-        c, st, model, opt = self.cfg, self.state, self.model, self.opt
-        B, T, micro = c.batch_size, c.seq_len, self.micro
-        n_micro = B // micro
+        c, st, opt, w = self.cfg, self.state, self.opt, self.world
+        B, T = c.batch_size, c.seq_len
         session_start, cpu_start = time.perf_counter(), _cpu_seconds()
         elapsed_before = st["elapsed"]
-        elapsed = lambda: elapsed_before + time.perf_counter() - session_start
+        # Rank 0's clock, so that every rank takes the same time-based decisions (a collective with several
+        # ranks: every rank calls it at the same points, which is why ranks other than 0 write to os.devnull).
+        elapsed = lambda: w.bcast(elapsed_before + time.perf_counter() - session_start)
         stopped, order, order_epoch = None, None, None
-        bar = _progress_bar(c.progress, self.planned, st["step"])
-        metrics = open(self.metrics_path, "a", encoding="utf-8")
+        bar = _progress_bar(c.progress and w.rank == 0, self.planned, st["step"])
+        metrics = open(self.metrics_path if w.rank == 0 else os.devnull, "a", encoding="utf-8")
         try:
             while st["step"] < self.planned:
                 if c.time_budget is not None and elapsed() >= c.time_budget:
@@ -211,10 +248,7 @@ class Trainer:
                 batch = order[k * B:(k + 1) * B]
                 step_start = time.perf_counter()
                 lr = self._lr(st["step"], elapsed())
-                loss = 0.0
-                for j in range(n_micro):
-                    x, y = self.windows.batch(batch[j * micro:(j + 1) * micro])
-                    loss += model.forward_backward(x, y, accumulate=j > 0, loss_scale=1.0 / n_micro) / n_micro
+                loss = self._gradients(batch)
                 norm = opt.step(lr)
                 st["step"] += 1
                 st["tokens"] += B * T
@@ -236,8 +270,9 @@ class Trainer:
                 if self._due("checkpoint", c.checkpoint_every, elapsed()) and not stopped:
                     st["elapsed"] = elapsed()
                     self._checkpoint()
-                if stop.signal and not stopped:
-                    stopped = stop.signal
+                signal = w.first(stop.signal)
+                if signal and not stopped:
+                    stopped = signal
                 if stopped:
                     break
             stopped = stopped or ("max_steps" if c.max_steps is not None and st["step"] >= c.max_steps
@@ -251,9 +286,9 @@ class Trainer:
         st["elapsed"] = elapsed()
         checkpoint = self._checkpoint()
         session = {"seconds": time.perf_counter() - session_start, "cpu_seconds": _cpu_seconds() - cpu_start,
-                   "threads": nt, "peak_rss": _peak_rss()}
+                   "threads": nt, "ranks": w.size, "peak_rss": _peak_rss()}
         report = None
-        if stopped not in ("SIGINT", "SIGTERM"):
+        if stopped not in ("SIGINT", "SIGTERM") and w.rank == 0:
             self._save_output()
             from .report import write_report
 
@@ -267,6 +302,20 @@ class Trainer:
             bits_per_byte=last.get("bits_per_byte"), seconds=st["elapsed"],
             tokens_per_second=st["tokens"] / st["elapsed"] if st["elapsed"] else 0.0, stopped=stopped,
             resumed_from=resumed_from)
+
+    def _gradients(self, batch) -> float:
+        """The mean loss of the global batch, with its gradient left in the model's grad_buffer on every rank;
+        this rank computes its share of the micro-batches. Losses and gradients are added in a fixed order: the
+        same bits for any rank count."""
+        model, micro, total = self.model, self.micro, self.gradient_sum
+        losses = {}
+        for j in total.mine():
+            x, y = self.windows.batch(batch[j * micro:(j + 1) * micro])
+            losses[j] = model.forward_backward(x, y, loss_scale=1.0 / total.n)
+            total.add(model.grad_buffer)
+        total.finish(model.grad_buffer)
+        losses = self.world.merge(losses)
+        return sum(losses[j] / total.n for j in range(total.n))
 
     def _lr(self, step: int, elapsed: float) -> float:
         """The scheduled rate. With a time budget the schedule runs on whichever is further along, the steps or
@@ -295,14 +344,17 @@ class Trainer:
     def _evaluate(self, metrics, elapsed: float) -> bool:
         """Validation loss, perplexity and bits per byte on the first eval_tokens of the val shards; records them
         and returns True when patience has run out."""
-        c, st = self.cfg, self.state
+        c, st, w = self.cfg, self.state, self.world
+        w.check_same(self.model.params, st["step"])
         n = min(len(self.val_windows), max(1, -(-c.eval_tokens // c.seq_len)))
-        nats, tokens, nbytes = 0.0, 0, 0
-        for start in range(0, n, self.micro):
-            x, y = self.val_windows.batch(range(start, min(n, start + self.micro)))
-            nats += float(np.sum(self.model.token_losses(x, y), dtype=np.float64))
-            tokens += y.size
-            nbytes += int(self.token_bytes[y].sum())
+        parts = {}  # micro-batch i of the val windows -> (nats, tokens, bytes); each rank does every R-th one
+        for i, start in enumerate(range(0, n, self.micro)):
+            if i % w.size == w.rank:
+                x, y = self.val_windows.batch(range(start, min(n, start + self.micro)))
+                parts[i] = (float(np.sum(self.model.token_losses(x, y), dtype=np.float64)), y.size,
+                            int(self.token_bytes[y].sum()))
+        parts = [part for _, part in sorted(w.merge(parts).items())]  # added in order: the same for any rank count
+        nats, tokens, nbytes = (sum(part[k] for part in parts) for k in range(3))
         val = nats / tokens
         record = {"type": "eval", "step": st["step"], "tokens": st["tokens"], "val_loss": val,
                   "perplexity": math.exp(min(val, 700.0)), "bits_per_byte": nats / math.log(2) / max(nbytes, 1),
@@ -325,8 +377,11 @@ class Trainer:
         return {k: v for k, v in summary.items() if v is not None}
 
     def _checkpoint(self) -> Path:
-        self.checkpoints.mkdir(exist_ok=True)
+        """Write a checkpoint (rank 0); its path on every rank."""
         path = self.checkpoints / f"step_{self.state['step']:08d}.cllm"
+        if self.world.rank:
+            return path
+        self.checkpoints.mkdir(exist_ok=True)
         self.model.training_summary = self._summary()
         self.model.save(path, optimizer=self.opt, trainer_state=self.state)
         for old in sorted(self.checkpoints.glob("step_*.cllm"))[:-self.cfg.keep_checkpoints]:

@@ -9,7 +9,7 @@ import pytest
 
 import cllm
 from cllm.cli import main as cli
-from cllm.pipeline import PipelineOptions, pipeline
+from cllm.pipeline import PipelineOptions
 
 
 @pytest.fixture
