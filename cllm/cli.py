@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_positive_float, default=15.0, metavar="MINUTES",
                    help="the whole run's time (default: %(default)s)")
     p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--vocab-size", type=_positive_int, default=4096)
+    p.add_argument("--vocab-size", type=_positive_int, default=8192)
     p.add_argument("--model", choices=("tiny", "small", "base"), default="small")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_pipeline)

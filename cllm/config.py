@@ -76,7 +76,7 @@ class TrainConfig:
     ``batch_size`` is the global batch in sequences of ``seq_len`` tokens; ``micro_batch`` (None: chosen to fit
     memory) must divide it. The run ends after ``epochs`` passes over the training windows, or earlier at
     ``max_steps``, after ``time_budget`` seconds, or when the validation loss has not improved for ``patience``
-    evaluations. ``warmup`` None: 5% of the planned steps (at most 1,000). ``eval_every`` / ``checkpoint_every``
+    evaluations. ``warmup`` None: 5% of the planned steps (at most 1,000; at most 100 with a time budget). ``eval_every`` / ``checkpoint_every``
     None: at every tenth of the run's progress (steps, or the time budget, whichever is further along).
     """
 

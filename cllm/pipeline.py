@@ -32,11 +32,12 @@ class PipelineOptions:
     workdir: str = "cllm-run"
     budget_minutes: float = 15.0
     threads: int | None = None
-    vocab_size: int = 4096
+    vocab_size: int = 8192
     model: str = "small"
     seq_len: int = 256
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 3e-3
+    warmup: int = 50
     max_pages: int = 500  # per crawl, for URL sources
     progress: bool = True
 
@@ -88,7 +89,7 @@ def pipeline(options: PipelineOptions, log=print) -> dict:
                lambda out: _tokenize(work / "clean", out, options))
     budget = options.budget_minutes * 60
     train_options = {"model": options.model, "seq_len": options.seq_len, "batch_size": options.batch_size,
-                     "lr": options.lr}
+                     "lr": options.lr, "warmup": options.warmup}
     runner.run("train", "model", train_options,
                lambda out, resume: _train(work / "tokens", out, options,
                                           budget - (time.perf_counter() - start) - min(RESERVE_MAX, RESERVE_FRACTION * budget),
@@ -171,7 +172,7 @@ def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, re
         raise ValueError(f"pipeline: the budget of {options.budget_minutes} minutes leaves {seconds:.0f} s for "
                          f"training; give a larger --budget")
     result = train(tokens, model=options.model, threads=options.threads, batch_size=options.batch_size,
-                   seq_len=options.seq_len, epochs=100, time_budget=seconds, lr=options.lr,
+                   seq_len=options.seq_len, epochs=100, time_budget=seconds, lr=options.lr, warmup=options.warmup,
                    output=str(out / "model.cllm"), resume=resume, progress=options.progress)
     return {"steps": result.steps, "tokens": result.tokens, "train_loss": result.train_loss,
             "val_loss": result.val_loss, "bits_per_byte": result.bits_per_byte,

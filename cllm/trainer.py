@@ -107,7 +107,10 @@ class Trainer:
         self.planned = c.epochs * self.steps_per_epoch
         if c.max_steps is not None:
             self.planned = min(self.planned, c.max_steps)
-        self.warmup = c.warmup if c.warmup is not None else min(1000, round(0.05 * self.planned))
+        # default warmup: 5% of the planned steps, at most 1,000; at most 100 with a time budget, which usually
+        # ends the run long before the planned steps
+        self.warmup = c.warmup if c.warmup is not None else min(1000 if c.time_budget is None else 100,
+                                                                round(0.05 * self.planned))
         self.token_bytes = self.data.token_bytes()
 
     # --- set-up checks -----------------------------------------------------------------------------------------
