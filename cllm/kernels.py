@@ -13,9 +13,14 @@ import numpy as np
 from ._core import _kernels
 from .threads import resolve_num_threads
 
-__all__ = ["adamw_step", "attention_backward", "attention_forward", "crossentropy", "embedding_backward",
-           "embedding_forward", "gelu_backward", "gelu_forward", "get_isa", "layernorm_backward", "layernorm_forward",
-           "linear_backward", "linear_forward", "residual_forward", "set_isa", "sum_squares", "tree_reduce"]
+__all__ = ["PANEL", "adamw_step", "attention_backward", "attention_cache_store", "attention_decode",
+           "attention_forward", "crossentropy", "embedding_backward", "embedding_forward", "gelu_backward",
+           "gelu_forward", "get_isa", "layernorm_backward", "layernorm_forward", "linear_backward", "linear_forward",
+           "linear_forward_packed", "pack_linear_weights", "residual_forward", "set_isa", "sum_squares",
+           "tree_reduce"]
+
+PANEL = _kernels.PANEL  # output columns per panel of packed linear weights (csrc/cllm.h CLLM_PANEL)
+KV_ALIGN = 16  # a KV cache's capacity Tk must be a multiple of this
 
 
 def get_isa() -> str:
@@ -119,6 +124,42 @@ def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, bias=True, accumulat
                 db[...] = 0.0
             db += dy.sum(axis=0, dtype=np.float32)
     return dx, dw, db
+
+
+def pack_linear_weights(w) -> np.ndarray:
+    """w [N, K] (nn.Linear layout) -> wp [ceil(N/PANEL), K, PANEL] with wp[p, k, c] = w[p·PANEL + c, k] (zero past
+    N): the layout ``linear_forward_packed`` streams. A copy, made once per model for decoding."""
+    _check("pack_linear_weights", "w", w, (None, None))
+    N, K = w.shape
+    P = -(-N // PANEL)
+    padded = np.zeros((P * PANEL, K), dtype=np.float32)
+    padded[:N] = w
+    return np.ascontiguousarray(padded.reshape(P, PANEL, K).transpose(0, 2, 1))
+
+
+def linear_forward_packed(x, wp, b=None, *, n: int, out=None, num_threads=None) -> np.ndarray:
+    """y = x · wᵀ + b for a few rows (the decode step), w given packed by ``pack_linear_weights``.
+
+    x [M, K], wp [ceil(n/PANEL), K, PANEL], b [n] or None -> y [M, n], float32: each row has exactly the bits
+    ``linear_forward`` gives it, whatever M. One pass over the weights serves all M rows."""
+    fn = "linear_forward_packed"
+    _check(fn, "wp", wp, (None, None, PANEL))
+    P, K, _ = wp.shape
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not (P - 1) * PANEL < n <= P * PANEL \
+            and not (P == 0 and n == 0):
+        raise ValueError(f"{fn}: n must be the packed weight's output count, in ({(P - 1) * PANEL}, {P * PANEL}] "
+                         f"(got {n!r})")
+    _check(fn, "x", x, (None, K))
+    if b is not None:
+        _check(fn, "b", b, (n,))
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    y = _check_out(fn, "out", out, (x.shape[0], n), (x, wp, b))
+    if y.size:
+        if K:
+            _kernels.linear_forward_packed(x, wp, b, y, nt)
+        else:
+            y[...] = 0.0 if b is None else b
+    return y
 
 
 def tree_reduce(partials, *, num_threads=None) -> np.ndarray:
@@ -255,6 +296,59 @@ def attention_backward(dout, qkv, out, lse, *, dqkv=None, num_threads=None) -> n
     if dqkv.size:
         _kernels.attention_backward(dout, qkv, out, lse, dqkv, nt)
     return dqkv
+
+
+def _check_cache(fn: str, kcache, vcache) -> tuple[int, int, int, int]:
+    """(S, NH, hs, Tk) of a KV cache: kcache [S, NH, hs, Tk] (keys transposed), vcache [S, NH, Tk, hs]."""
+    _check(fn, "kcache", kcache, (None, None, None, None), writeable=True)
+    S, NH, hs, Tk = kcache.shape
+    if Tk % KV_ALIGN or not (S and NH and hs and Tk):
+        raise ValueError(f"{fn}: kcache must be [S, NH, hs, Tk] with every size >= 1 and Tk a multiple of "
+                         f"{KV_ALIGN} (got {list(kcache.shape)})")
+    _check(fn, "vcache", vcache, (S, NH, Tk, hs), writeable=True)
+    _no_overlap(fn, "vcache", vcache, (kcache,))
+    return S, NH, hs, Tk
+
+
+def attention_decode(qkv, kcache, vcache, slot, pos, *, out=None, num_threads=None) -> np.ndarray:
+    """One decode step of causal attention over a KV cache (S sequence slots of capacity Tk).
+
+    qkv [M, 3C] holds one new token of each of M sequences; row m uses cache slot slot[m] (distinct, in [0, S)) at
+    position pos[m] in [0, Tk) (the number of tokens cached before it). Stores the row's k and v there, then
+    returns out [M, C] = its attention over positions 0 .. pos[m]: the bits ``attention_forward`` gives that row.
+    Caches as ``_check_cache`` says; C = NH·hs."""
+    fn = "attention_decode"
+    S, NH, hs, Tk = _check_cache(fn, kcache, vcache)
+    C = NH * hs
+    _check(fn, "qkv", qkv, (None, 3 * C))
+    M = qkv.shape[0]
+    _check(fn, "slot", slot, (M,), dtype=np.int32)
+    _check(fn, "pos", pos, (M,), dtype=np.int32)
+    if M and (slot.min() < 0 or slot.max() >= S or np.unique(slot).size != M):
+        raise ValueError(f"{fn}: slot must hold distinct cache slots in [0, {S}) (got {slot.tolist()})")
+    if M and (pos.min() < 0 or pos.max() >= Tk):
+        raise ValueError(f"{fn}: pos must be in [0, {Tk}), the cache's capacity (got {pos.tolist()})")
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    out = _check_out(fn, "out", out, (M, C), (qkv, kcache, vcache))
+    _no_overlap(fn, "qkv", qkv, (kcache, vcache))
+    if M:
+        _kernels.attention_decode(qkv, kcache, vcache, out, slot, pos, nt)
+    return out
+
+
+def attention_cache_store(qkv, kcache, vcache, slot: int, *, num_threads=None) -> None:
+    """Prefill: store the k and v of one sequence's qkv [T, 3C] (T <= Tk) in cache slot ``slot`` at positions
+    0 .. T-1; the slot's keys after T become 0."""
+    fn = "attention_cache_store"
+    S, NH, hs, Tk = _check_cache(fn, kcache, vcache)
+    _check(fn, "qkv", qkv, (None, 3 * NH * hs))
+    T = qkv.shape[0]
+    if not 1 <= T <= Tk:
+        raise ValueError(f"{fn}: qkv must have 1 to {Tk} rows, the cache's capacity (got {T})")
+    if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < S:
+        raise ValueError(f"{fn}: slot must be an integer in [0, {S}) (got {slot!r})")
+    _no_overlap(fn, "qkv", qkv, (kcache, vcache))
+    _kernels.attention_cache_store(qkv, kcache, vcache, int(slot), resolve_num_threads(num_threads, f"{fn}: num_threads"))
 
 
 def _flat(fn: str, name: str, a) -> np.ndarray:

@@ -56,6 +56,13 @@ int cllm_linear_forward(const float *x, const float *w, const float *b, float *y
 int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
                          int64_t M, int64_t K, int64_t N, int accumulate, int num_threads);
 
+/* Decode: y = x · wᵀ + b for a few rows, with w packed once by panels of CLLM_PANEL output columns:
+ * wp is (ceil(N/CLLM_PANEL), K, CLLM_PANEL), wp[p][k][c] = w[p·CLLM_PANEL + c][k] (0 past N). x is (M,K), b (N) or
+ * NULL, y (M,N). Each row gets exactly the bits cllm_linear_forward gives it (same K-block order), for any M. */
+#define CLLM_PANEL 32
+int cllm_linear_forward_packed(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                               int64_t N, int num_threads);
+
 /* ---- the GPT layers: one forward/backward pair per file, backward gradients added (+=) unless noted ---- */
 /* embedding.c: out[b,t,:] = wte[idx[b,t],:] + wpe[t,:].   idx is (B,T) int32 in [0,V), wte is (V,C),
  * wpe is (>=T,C), out is (B,T,C). */
@@ -84,6 +91,18 @@ int cllm_attention_forward(const float *qkv, float *out, float *lse, int64_t B, 
  * recomputes the scores from qkv and lse. One thread per (b, head): no races, a fixed order. */
 int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse, float *dqkv,
                             int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads);
+
+/* The decode step over a KV cache, per sequence slot s and head h: kcache (S,NH,hs,Tk) holds the keys transposed
+ * (key j's d-th value at [s,h,d,j]), vcache (S,NH,Tk,hs) the values as rows; Tk is a multiple of 16.
+ * attention_decode: qkv (M,3C) holds one new token of each of M sequences; row m uses slot[m] (distinct) and sits at
+ * position pos[m] < Tk (the tokens cached before it). Stores its k and v there, then out (M,C) = its causal
+ * attention over positions 0 .. pos[m]: the bits attention_forward gives that row. One thread per (row, head). */
+int cllm_attention_decode(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                          const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads);
+/* Prefill: stores the k and v of one sequence's qkv (T,3C), T <= Tk, in cache slot `slot` at positions 0 .. T-1
+ * (and zero keys after them). */
+int cllm_attention_cache_store(const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T, int64_t C,
+                               int64_t NH, int64_t Tk, int num_threads);
 
 /* gelu.c: out = x·Φ(x) with GELU's tanh approximation, and the residual add.   x, out are (n). */
 int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads);

@@ -17,6 +17,9 @@
       (const float *dy, const float *x, const float *w, float *dx, float *dw, float *db, int64_t M, int64_t K,     \
        int64_t N, int accumulate, int num_threads),                                                                \
       (dy, x, w, dx, dw, db, M, K, N, accumulate, num_threads))                                                    \
+    X(linear_forward_packed,                                                                                       \
+      (const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K, int64_t N, int num_threads),\
+      (x, wp, b, y, M, K, N, num_threads))                                                                         \
     X(embedding_forward,                                                                                           \
       (const int32_t *idx, const float *wte, const float *wpe, float *out, int64_t B, int64_t T, int64_t C,        \
        int num_threads),                                                                                           \
@@ -40,6 +43,14 @@
       (const float *dout, const float *qkv, const float *out, const float *lse, float *dqkv, int64_t B, int64_t T, \
        int64_t C, int64_t NH, int num_threads),                                                                    \
       (dout, qkv, out, lse, dqkv, B, T, C, NH, num_threads))                                                       \
+    X(attention_decode,                                                                                            \
+      (const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot, const int32_t *pos,        \
+       int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads),                                             \
+      (qkv, kcache, vcache, out, slot, pos, M, C, NH, Tk, num_threads))                                            \
+    X(attention_cache_store,                                                                                       \
+      (const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T, int64_t C, int64_t NH, int64_t Tk, \
+       int num_threads),                                                                                           \
+      (qkv, kcache, vcache, slot, T, C, NH, Tk, num_threads))                                                      \
     X(gelu_forward, (const float *x, float *out, int64_t n, int num_threads), (x, out, n, num_threads))            \
     X(gelu_backward, (const float *x, const float *dout, float *dx, int64_t n, int num_threads),                   \
       (x, dout, dx, n, num_threads))                                                                               \

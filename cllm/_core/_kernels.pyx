@@ -7,6 +7,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cdef extern from "cllm.h" nogil:
     int CLLM_ENOMEM
+    int CLLM_PANEL
     int cllm_openmp_enabled()
     int cllm_openmp_version()
     int cllm_max_threads()
@@ -21,6 +22,8 @@ cdef extern from "cllm.h" nogil:
                             int64_t M, int64_t K, int64_t N, int num_threads)
     int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
                              int64_t M, int64_t K, int64_t N, int accumulate, int num_threads)
+    int cllm_linear_forward_packed(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                                   int64_t N, int num_threads)
     int cllm_embedding_forward(const int32_t *idx, const float *wte, const float *wpe, float *out,
                                int64_t B, int64_t T, int64_t C, int num_threads)
     int cllm_embedding_backward(const float *dout, const int32_t *idx, float *dwte, float *dwpe,
@@ -34,6 +37,10 @@ cdef extern from "cllm.h" nogil:
                                int64_t NH, int num_threads)
     int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse,
                                 float *dqkv, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads)
+    int cllm_attention_decode(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                              const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads)
+    int cllm_attention_cache_store(const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T,
+                                   int64_t C, int64_t NH, int64_t Tk, int num_threads)
     int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads)
     int cllm_gelu_backward(const float *x, const float *dout, float *dx, int64_t n, int num_threads)
     int cllm_residual_forward(const float *a, const float *b, float *out, int64_t n, int num_threads)
@@ -49,6 +56,9 @@ cdef inline int _check(int err, str name) except -1:
     if err == CLLM_ENOMEM:
         raise MemoryError(f"{name}: could not allocate scratch memory")
     return 0
+
+
+PANEL = CLLM_PANEL  # output columns per panel of linear_forward_packed's weights
 
 
 def build_info():
@@ -96,6 +106,14 @@ def linear_backward(const float[:, ::1] dy, const float[:, ::1] x, const float[:
         err = cllm_linear_backward(&dy[0, 0], &x[0, 0], &w[0, 0], dxp, dwp, dbp,
                                    x.shape[0], x.shape[1], w.shape[0], accumulate, num_threads)
     _check(err, "linear_backward")
+
+
+def linear_forward_packed(const float[:, ::1] x, const float[:, :, ::1] wp, const float[::1] b, float[:, ::1] y,
+                          int num_threads):
+    cdef const float *bp = &b[0] if b is not None else NULL
+    with nogil:
+        cllm_linear_forward_packed(&x[0, 0], &wp[0, 0, 0], bp, &y[0, 0], x.shape[0], x.shape[1], y.shape[1],
+                                   num_threads)
 
 
 # The model's layers. Arrays arrive checked (cllm.kernels): C-contiguous, right dtype and shapes, non-empty.
@@ -152,6 +170,23 @@ def attention_backward(const float[:, :, ::1] dout, const float[:, :, ::1] qkv, 
         err = cllm_attention_backward(&dout[0, 0, 0], &qkv[0, 0, 0], &out[0, 0, 0], &lse[0, 0, 0], &dqkv[0, 0, 0],
                                       qkv.shape[0], qkv.shape[1], out.shape[2], lse.shape[1], num_threads)
     _check(err, "attention_backward")
+
+
+def attention_decode(const float[:, ::1] qkv, float[:, :, :, ::1] kcache, float[:, :, :, ::1] vcache,
+                     float[:, ::1] out, const int32_t[::1] slot, const int32_t[::1] pos, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_attention_decode(&qkv[0, 0], &kcache[0, 0, 0, 0], &vcache[0, 0, 0, 0], &out[0, 0], &slot[0],
+                                    &pos[0], qkv.shape[0], out.shape[1], kcache.shape[1], kcache.shape[3],
+                                    num_threads)
+    _check(err, "attention_decode")
+
+
+def attention_cache_store(const float[:, ::1] qkv, float[:, :, :, ::1] kcache, float[:, :, :, ::1] vcache,
+                          int64_t slot, int num_threads):
+    with nogil:
+        cllm_attention_cache_store(&qkv[0, 0], &kcache[0, 0, 0, 0], &vcache[0, 0, 0, 0], slot, qkv.shape[0],
+                                   qkv.shape[1] // 3, kcache.shape[1], kcache.shape[3], num_threads)
 
 
 def gelu_forward(const float[::1] x, float[::1] out, int num_threads):
