@@ -13,7 +13,7 @@ import numpy as np
 from ._core import _kernels
 from .threads import resolve_num_threads
 
-__all__ = ["PANEL", "adamw_step", "attention_backward", "attention_cache_store", "attention_decode",
+__all__ = ["GptDecodeStep", "PANEL", "adamw_step", "attention_backward", "attention_cache_store", "attention_decode",
            "attention_forward", "crossentropy", "embedding_backward", "embedding_forward", "gelu_backward",
            "gelu_forward", "get_isa", "layernorm_backward", "layernorm_forward", "linear_backward", "linear_forward",
            "linear_forward_packed", "pack_linear_weights", "residual_forward", "set_isa", "sum_squares",
@@ -349,6 +349,72 @@ def attention_cache_store(qkv, kcache, vcache, slot: int, *, num_threads=None) -
         raise ValueError(f"{fn}: slot must be an integer in [0, {S}) (got {slot!r})")
     _no_overlap(fn, "qkv", qkv, (kcache, vcache))
     _kernels.attention_cache_store(qkv, kcache, vcache, int(slot), resolve_num_threads(num_threads, f"{fn}: num_threads"))
+
+
+class GptDecodeStep:
+    """One decode step of a whole GPT as one kernel call (csrc/decode.c): per row, the next token of a sequence
+    whose keys and values are cached, through every layer to the logits, with the bits ``Model.forward`` gives that
+    position. Everything but the step's tokens is checked once, here; the arrays are used in place (not copied).
+
+    wte [V, C], wpe [Tctx, C], ln_f: (weight, bias) [C], head: wte packed by ``pack_linear_weights``; layers: per
+    layer a dict with "ln_1", "ln_2": (weight, bias) [C]; "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj":
+    (packed weight, bias) of [3C, C], [C, C], [H, C], [C, H]; "kcache" [S, NH, hs, Tk], "vcache" [S, NH, Tk, hs]
+    (see ``attention_decode``). max_rows: the most rows a step takes. Not for concurrent use (one scratch).
+    """
+
+    def __init__(self, *, wte, wpe, ln_f, head, layers, max_rows: int):
+        fn = "GptDecodeStep"
+        _check(fn, "wte", wte, (None, None))
+        V, C = wte.shape
+        _check(fn, "wpe", wpe, (None, C))
+        _check(fn, "head", head, (-(-V // PANEL), C, PANEL))
+        if not layers:
+            raise ValueError(f"{fn}: layers must hold at least one layer")
+        S, NH, hs, Tk = _check_cache(fn, layers[0]["kcache"], layers[0]["vcache"])
+        H = _check(fn, "layers[0] mlp.c_fc bias", layers[0]["mlp.c_fc"][1], (None,)).shape[0]
+        if NH * hs != C:
+            raise ValueError(f"{fn}: the caches' NH·hs must be C = {C} (got {NH}·{hs})")
+        for name, a in (("ln_f weight", ln_f[0]), ("ln_f bias", ln_f[1])):
+            _check(fn, name, a, (C,))
+        shapes = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (H, C), "mlp.c_proj": (C, H)}
+        for i, layer in enumerate(layers):
+            for ln in ("ln_1", "ln_2"):
+                for part, a in zip(("weight", "bias"), layer[ln]):
+                    _check(fn, f"layers[{i}] {ln} {part}", a, (C,))
+            for name, (n, k) in shapes.items():
+                packed, bias = layer[name]
+                _check(fn, f"layers[{i}] {name} packed weight", packed, (-(-n // PANEL), k, PANEL))
+                _check(fn, f"layers[{i}] {name} bias", bias, (n,))
+            if _check_cache(fn, layer["kcache"], layer["vcache"]) != (S, NH, hs, Tk):
+                raise ValueError(f"{fn}: layers[{i}]'s cache must have layer 0's shape {[S, NH, hs, Tk]}")
+        if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
+            raise ValueError(f"{fn}: max_rows must be an integer >= 1 (got {max_rows!r})")
+        self.vocab_size, self.slots, self.positions, self.max_rows = V, S, min(Tk, wpe.shape[0]), int(max_rows)
+        self._arrays = (wte, wpe, ln_f, head, layers)  # kept alive: the core holds their addresses
+        self._scratch = np.empty(self.max_rows * (8 * C + H + 2), np.float32)
+        self._logits = np.empty((self.max_rows, V), np.float32)
+        sizes = {"V": V, "C": C, "H": H, "NH": NH, "S": S, "Tk": Tk, "Tctx": wpe.shape[0]}
+        weights = {"wte": wte, "wpe": wpe, "ln_f": ln_f, "head": head}
+        self._core = _kernels.GptDecodeStep(sizes, weights, list(layers))
+
+    def __call__(self, ids, slot, pos, *, num_threads=None) -> np.ndarray:
+        """ids, slot, pos: int32 [M] (M <= max_rows): token ids in [0, V), distinct cache slots in [0, S), positions
+        in [0, min(Tk, Tctx)). Returns the logits [M, V]: a view, overwritten by the next call."""
+        fn = "GptDecodeStep"
+        M = ids.shape[0] if isinstance(ids, np.ndarray) else -1
+        for name, a in (("ids", ids), ("slot", slot), ("pos", pos)):
+            _check(fn, name, a, (M,), dtype=np.int32)
+        if not 1 <= M <= self.max_rows:
+            raise ValueError(f"{fn}: a step takes 1 to {self.max_rows} rows (got {M})")
+        for name, a, high in (("ids", ids, self.vocab_size), ("slot", slot, self.slots), ("pos", pos, self.positions)):
+            values = a.tolist()
+            if min(values) < 0 or max(values) >= high:
+                raise ValueError(f"{fn}: {name} must be in [0, {high}) (got {values})")
+        if M > 1 and len(set(slot.tolist())) != M:
+            raise ValueError(f"{fn}: slot must hold distinct cache slots (got {slot.tolist()})")
+        logits = self._logits[:M]
+        self._core.step(ids, slot, pos, self._scratch, logits, resolve_num_threads(num_threads, f"{fn}: num_threads"))
+        return logits
 
 
 def _flat(fn: str, name: str, a) -> np.ndarray:

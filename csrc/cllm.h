@@ -104,6 +104,28 @@ int cllm_attention_decode(const float *qkv, float *kcache, float *vcache, float 
 int cllm_attention_cache_store(const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T, int64_t C,
                                int64_t NH, int64_t Tk, int num_threads);
 
+/* decode.c: one decode step of a whole GPT (the layers of cllm/model.py in order), as one call over the kernels
+ * above, so that its logits have the bits Model.forward gives the same positions. The weights are pointers into the
+ * caller's buffers, with the state dict's shapes; the four matrices of each layer and the tied head (wte) packed as
+ * linear_forward_packed wants them. */
+typedef struct {
+    const float *ln1_w, *ln1_b, *attn_wp, *attn_b, *attn_proj_wp, *attn_proj_b; /* (C) (C) packed(3C,C) (3C) packed(C,C) (C) */
+    const float *ln2_w, *ln2_b, *fc_wp, *fc_b, *fc_proj_wp, *fc_proj_b;       /* (C) (C) packed(H,C) (H) packed(C,H) (C) */
+    float *kcache, *vcache; /* this layer's KV cache: (S,NH,hs,Tk), (S,NH,Tk,hs) */
+} cllm_gpt_layer;
+typedef struct {
+    int64_t V, C, H, NH, L, S, Tk, Tctx; /* vocabulary, d_model, MLP width, heads, layers, cache slots and capacity,
+                                          * positions (wpe's rows) */
+    const float *wte, *wpe, *lnf_w, *lnf_b, *head_wp; /* (V,C) (Tctx,C) (C) (C) packed(V,C) */
+    const cllm_gpt_layer *layers;                     /* (L) */
+} cllm_gpt;
+/* Scratch floats gpt_decode_step needs for M rows. */
+#define CLLM_GPT_DECODE_SCRATCH(M, C, H) ((M) * (8 * (C) + (H) + 2))
+/* ids (M) in [0,V): the next token of the sequence in cache slot slot[m] (distinct, < S), at position pos[m]
+ * (< Tk and < Tctx: the tokens cached before it). Stores each layer's k and v there; logits (M,V). */
+int cllm_gpt_decode_step(const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos, int64_t M,
+                         float *scratch, float *logits, int num_threads);
+
 /* gelu.c: out = x·Φ(x) with GELU's tanh approximation, and the residual add.   x, out are (n). */
 int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads);
 /* dx = dout · gelu'(x) (overwritten; dx may be dout). */

@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include "cllm.h"
+
 #define CLLM_ISA_KERNELS(X)                                                                                        \
     X(linear_forward,                                                                                              \
       (const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N, int num_threads), \
@@ -51,6 +53,10 @@
       (const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T, int64_t C, int64_t NH, int64_t Tk, \
        int num_threads),                                                                                           \
       (qkv, kcache, vcache, slot, T, C, NH, Tk, num_threads))                                                      \
+    X(gpt_decode_step,                                                                                             \
+      (const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos, int64_t M, float *scratch,  \
+       float *logits, int num_threads),                                                                            \
+      (g, ids, slot, pos, M, scratch, logits, num_threads))                                                        \
     X(gelu_forward, (const float *x, float *out, int64_t n, int num_threads), (x, out, n, num_threads))            \
     X(gelu_backward, (const float *x, const float *dout, float *dx, int64_t n, int num_threads),                   \
       (x, dout, dx, n, num_threads))                                                                               \

@@ -2,6 +2,7 @@
 """Raw bindings to the C kernels in csrc/: no validation here (cllm.kernels does it), the GIL released around
 every kernel, num_threads passed through to OpenMP per call."""
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
@@ -41,6 +42,31 @@ cdef extern from "cllm.h" nogil:
                               const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads)
     int cllm_attention_cache_store(const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T,
                                    int64_t C, int64_t NH, int64_t Tk, int num_threads)
+    ctypedef struct cllm_gpt_layer:
+        const float *ln1_w
+        const float *ln1_b
+        const float *attn_wp
+        const float *attn_b
+        const float *attn_proj_wp
+        const float *attn_proj_b
+        const float *ln2_w
+        const float *ln2_b
+        const float *fc_wp
+        const float *fc_b
+        const float *fc_proj_wp
+        const float *fc_proj_b
+        float *kcache
+        float *vcache
+    ctypedef struct cllm_gpt:
+        int64_t V, C, H, NH, L, S, Tk, Tctx
+        const float *wte
+        const float *wpe
+        const float *lnf_w
+        const float *lnf_b
+        const float *head_wp
+        const cllm_gpt_layer *layers
+    int cllm_gpt_decode_step(const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos,
+                             int64_t M, float *scratch, float *logits, int num_threads)
     int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads)
     int cllm_gelu_backward(const float *x, const float *dout, float *dx, int64_t n, int num_threads)
     int cllm_residual_forward(const float *a, const float *b, float *out, int64_t n, int num_threads)
@@ -187,6 +213,53 @@ def attention_cache_store(const float[:, ::1] qkv, float[:, :, :, ::1] kcache, f
     with nogil:
         cllm_attention_cache_store(&qkv[0, 0], &kcache[0, 0, 0, 0], &vcache[0, 0, 0, 0], slot, qkv.shape[0],
                                    qkv.shape[1] // 3, kcache.shape[1], kcache.shape[3], num_threads)
+
+
+cdef const float *_data(a) except NULL:
+    """The first float of a C-contiguous float32 array (which the caller keeps alive)."""
+    cdef const float[::1] flat = a.reshape(-1)
+    return &flat[0]
+
+
+cdef float *_data_w(a) except NULL:
+    cdef float[::1] flat = a.reshape(-1)
+    return &flat[0]
+
+
+cdef class GptDecodeStep:
+    """A whole GPT's decode step (csrc/decode.c) over arrays checked by cllm.kernels.GptDecodeStep, which also keeps
+    them alive: this object holds only their addresses."""
+    cdef cllm_gpt g
+    cdef cllm_gpt_layer *layers
+
+    def __cinit__(self, dict sizes, dict weights, list layers):
+        self.layers = <cllm_gpt_layer *> PyMem_Malloc(len(layers) * sizeof(cllm_gpt_layer))
+        if self.layers == NULL:
+            raise MemoryError("GptDecodeStep: could not allocate the layer table")
+        for i, w in enumerate(layers):
+            self.layers[i] = cllm_gpt_layer(
+                ln1_w=_data(w["ln_1"][0]), ln1_b=_data(w["ln_1"][1]),
+                attn_wp=_data(w["attn.c_attn"][0]), attn_b=_data(w["attn.c_attn"][1]),
+                attn_proj_wp=_data(w["attn.c_proj"][0]), attn_proj_b=_data(w["attn.c_proj"][1]),
+                ln2_w=_data(w["ln_2"][0]), ln2_b=_data(w["ln_2"][1]),
+                fc_wp=_data(w["mlp.c_fc"][0]), fc_b=_data(w["mlp.c_fc"][1]),
+                fc_proj_wp=_data(w["mlp.c_proj"][0]), fc_proj_b=_data(w["mlp.c_proj"][1]),
+                kcache=_data_w(w["kcache"]), vcache=_data_w(w["vcache"]))
+        self.g = cllm_gpt(V=sizes["V"], C=sizes["C"], H=sizes["H"], NH=sizes["NH"], L=len(layers), S=sizes["S"],
+                          Tk=sizes["Tk"], Tctx=sizes["Tctx"], wte=_data(weights["wte"]), wpe=_data(weights["wpe"]),
+                          lnf_w=_data(weights["ln_f"][0]), lnf_b=_data(weights["ln_f"][1]),
+                          head_wp=_data(weights["head"]), layers=self.layers)
+
+    def __dealloc__(self):
+        PyMem_Free(self.layers)
+
+    def step(self, const int32_t[::1] ids, const int32_t[::1] slot, const int32_t[::1] pos, float[::1] scratch,
+             float[:, ::1] logits, int num_threads):
+        cdef int err
+        with nogil:
+            err = cllm_gpt_decode_step(&self.g, &ids[0], &slot[0], &pos[0], ids.shape[0], &scratch[0],
+                                       &logits[0, 0], num_threads)
+        _check(err, "gpt_decode_step")
 
 
 def gelu_forward(const float[::1] x, float[::1] out, int num_threads):
