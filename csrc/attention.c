@@ -18,6 +18,7 @@
 
 #define QR 8  /* query rows per tile */
 #define KB 64 /* keys per block: a multiple of every VW */
+#define MIN_THREAD_WORK 8192 /* decode: a thread's least share of score multiply-adds worth a parallel region */
 
 typedef struct {
     const float *q, *k, *v; /* row 0 of this head's q, k, v; rows are ld floats apart */
@@ -427,9 +428,10 @@ static void head_decode(const float *q, const float *k, const float *v, float *k
 int ISA_FN(cllm_attention_decode)(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
                                   const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads)
 {
-    int64_t hs = C / NH;
-    int failed = 0;
-#pragma omp parallel num_threads(num_threads)
+    int64_t hs = C / NH, work = 0;
+    for (int64_t m = 0; m < M; m++) work += ((int64_t)pos[m] + 1) * C; /* multiply-adds of the scores */
+    int failed = 0, nt = (int)cllm_max(1, cllm_min(num_threads, cllm_min(M * NH, work / MIN_THREAD_WORK)));
+#pragma omp parallel num_threads(nt)
     {
         float *s = cllm_alloc(sizeof(float) * (KB + hs)); /* one block per thread */
         float *acc = s ? s + KB : NULL;

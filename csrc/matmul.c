@@ -356,6 +356,7 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
 #define PR 1
 #define PG 1
 #endif
+#define MIN_PART_FMAS 16384 /* a thread's least share of the work: less costs more to hand out than it saves */
 #if defined(_MSC_VER)
 #define ALWAYS_INLINE __forceinline
 #else
@@ -430,7 +431,8 @@ static void packed_tiles(const float *x, int64_t K, const float *wp, const float
 int ISA_FN(cllm_linear_forward_packed)(const float *x, const float *wp, const float *b, float *y, int64_t M,
                                        int64_t K, int64_t N, int num_threads)
 {
-    int64_t P = cllm_ceil_div(N, PANEL), parts = cllm_max(1, cllm_min(num_threads, P));
+    int64_t P = cllm_ceil_div(N, PANEL), work = cllm_ceil_div(M * N * K, MIN_PART_FMAS);
+    int64_t parts = cllm_max(1, cllm_min(cllm_min(num_threads, P), work));
 #pragma omp parallel for num_threads((int)parts) schedule(static)
     for (int64_t t = 0; t < parts; t++) {
         int64_t p_end = P * (t + 1) / parts;

@@ -100,7 +100,7 @@ def test_attention_decode_matches_forward_rows(isa, rng, T, C, NH):
 
 def test_attention_decode_batch_and_threads(isa, rng):
     """Rows of one step use their own slots and positions; each row as if alone; same bits for every thread count."""
-    C, NH, Tk, lengths = 48, 3, 96, (0, 17, 64, 80)
+    C, NH, Tk, lengths = 192, 6, 256, (0, 60, 160, 250)  # enough work for 8 threads
     hs = C // NH
     seqs = [f32(rng.standard_normal((n + 1, 3 * C))) for n in lengths]  # the last row of each is the new token
     slots = np.array([3, 0, 2, 1], np.int32)  # not in row order
