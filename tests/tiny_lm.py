@@ -31,7 +31,7 @@ def byte_model() -> cllm.Model:
     model = cllm.Model(cllm.ModelConfig(vocab_size=tok.vocab_size, context_length=32, d_model=48, n_layers=2,
                                         n_heads=2), seed=0)
     model.tokenizer = tok
-    return train(model, np.array(tok.encode(UTF8_TEXT * 40)), steps=250, seq=32)
+    return train(model, np.array(tok.encode(UTF8_TEXT * 40)), steps=100, seq=32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,12 +42,13 @@ def code_model() -> cllm.Model:
     model = cllm.Model(cllm.ModelConfig(vocab_size=tok.vocab_size, context_length=24, d_model=32, n_layers=2,
                                         n_heads=2), seed=0)
     model.tokenizer = tok
-    return train(model, np.array(tok.encode(CODE_TEXT * 40)), steps=150, seq=24)
+    return train(model, np.array(tok.encode(CODE_TEXT * 40)), steps=80, seq=24)
 
 
 @functools.lru_cache(maxsize=None)
 def source_model() -> cllm.Model:
-    """A BPE model (vocab 512) with context 64, trained briefly on cllm's own sources (for cllm complete)."""
+    """A BPE model (vocab 512) with context 64, trained a little on cllm's own sources (cllm complete runs on it;
+    what it predicts does not matter)."""
     texts = [p.read_text(encoding="utf-8") for p in SOURCES]
     tok = cllm.Tokenizer.train(texts, 512)
     model = cllm.Model(cllm.ModelConfig(vocab_size=tok.vocab_size, context_length=64, d_model=64, n_layers=2,
@@ -55,4 +56,4 @@ def source_model() -> cllm.Model:
     model.tokenizer = tok
     eot = tok.special_tokens["<|endoftext|>"]
     ids = np.concatenate([np.array(tok.encode_ordinary(t) + [eot]) for t in texts])
-    return train(model, ids, steps=200, seq=64)
+    return train(model, ids, steps=50, seq=64)
