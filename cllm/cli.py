@@ -29,16 +29,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
-    return value
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -252,13 +242,6 @@ def _export(args) -> int:
     written = export(args.file, args.directory, to=args.to)
     print(f"exported {args.file} -> " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
 
 
 def _load(args):
@@ -495,10 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--prompt", required=True, help="the text to continue ('' starts a new document)")
     p.add_argument("--max-tokens", type=_non_negative_int, default=256)
-    p.add_argument("--temperature", type=_number, default=1.0)
+    p.add_argument("--temperature", type=_non_negative_float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=_positive_int, default=None)
-    p.add_argument("--top-p", type=_number, default=None)
-    p.add_argument("--repetition-penalty", type=_number, default=1.0)
+    p.add_argument("--top-p", type=_positive_float, default=None, help="in (0, 1]")
+    p.add_argument("--repetition-penalty", type=_positive_float, default=1.0, help="1 = none")
     p.add_argument("--seed", type=_non_negative_int, default=None)
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
     p.add_argument("--threads", type=_positive_int, default=None)
