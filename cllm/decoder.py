@@ -43,11 +43,11 @@ class Decoder:
         self._head = K.pack_linear_weights(self._wte)  # the tied output head
         self._layers, self._unpacked = [], []
         for i in range(cfg.n_layers):
-            w = {name: p[f"transformer.h.{i}.{name}"] for name in parameter_names()}
-            self._unpacked.append({name: w[name + ".weight"] for name in MATRICES})
+            w = lambda name, i=i: p[f"transformer.h.{i}.{name}"]
+            self._unpacked.append({name: w(name + ".weight") for name in MATRICES})
             self._layers.append({
-                "ln_1": (w["ln_1.weight"], w["ln_1.bias"]), "ln_2": (w["ln_2.weight"], w["ln_2.bias"]),
-                **{name: (K.pack_linear_weights(w[name + ".weight"]), w[name + ".bias"]) for name in MATRICES},
+                "ln_1": (w("ln_1.weight"), w("ln_1.bias")), "ln_2": (w("ln_2.weight"), w("ln_2.bias")),
+                **{name: (K.pack_linear_weights(w(name + ".weight")), w(name + ".bias")) for name in MATRICES},
                 "kcache": np.zeros((slots, NH, C // NH, Tk), np.float32),
                 "vcache": np.zeros((slots, NH, Tk, C // NH), np.float32),
             })
@@ -111,13 +111,7 @@ class Decoder:
         return logits
 
     def _linear(self, x, w, packed, bias, out):
-        """out = x · wᵀ + b: the packed path for a few rows, the GEMM for many (both give the same bits)."""
+        """out = x · wᵀ + b: the packed path up to PACKED_MAX_ROWS rows, the GEMM above (the same bits)."""
         if x.shape[0] <= PACKED_MAX_ROWS:
             return K.linear_forward_packed(x, packed, bias, n=w.shape[0], out=out, num_threads=self.num_threads)
         return K.linear_forward(x, w, bias, out=out, num_threads=self.num_threads)
-
-
-def parameter_names() -> tuple[str, ...]:
-    """The parameter names inside one block (after ``transformer.h.{i}.``)."""
-    return ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias",
-            *(f"{m}.{part}" for m in MATRICES for part in ("weight", "bias")))

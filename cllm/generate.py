@@ -198,13 +198,13 @@ def generate_ids(model, ids, max_new_tokens: int, temperature: float = 1.0, top_
 class _TextStream:
     """Bytes of one sequence's tokens in, text out: never a piece of a UTF-8 character (an invalid byte sequence
     becomes U+FFFD, as bytes.decode(errors="replace") does), and the text stops before the first stop string
-    (text that may be the start of one is held back until it is known not to be)."""
+    (text that may be the start of one is held back until it is known not to be). ``done``: no more text comes."""
 
     def __init__(self, stop_strings: tuple[str, ...]):
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = stop_strings
         self._pending = ""
-        self.stopped = False
+        self.done = False
 
     def feed(self, data: bytes) -> str:
         self._pending += self._decoder.decode(data)
@@ -212,15 +212,15 @@ class _TextStream:
 
     def finish(self) -> str:
         self._pending += self._decoder.decode(b"", final=True)
-        return self._release(final=True)
+        text = self._release(final=True)
+        self.done = True
+        return text
 
     def _release(self, final: bool) -> str:
-        if self.stopped:
-            return ""
         text = self._pending
         cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
         if cut >= 0:
-            self.stopped, self._pending = True, ""
+            self.done, self._pending = True, ""
             return text[:cut]
         hold = 0 if final else max((k for s in self._stops for k in range(1, len(s)) if text.endswith(s[:k])),
                                    default=0)
@@ -266,21 +266,17 @@ class _TextGeneration:
             finished = set()
             for b, token in self.sequences.sample():
                 stream = self.streams[b]
-                if token in self.specials:
-                    piece = stream.finish()
+                piece = stream.finish() if token in self.specials else stream.feed(self.tokenizer.token_bytes(token))
+                if stream.done:
                     finished.add(b)
-                else:
-                    piece = stream.feed(self.tokenizer.token_bytes(token))
-                    if stream.stopped:
-                        finished.add(b)
                 if piece:
                     yield b, piece
             if len(finished) == len(self.sequences.active):
-                return
+                break
             if i + 1 < self.steps:
                 self.sequences.advance(finished)
-        for b in self.sequences.active if self.sequences else range(len(self.streams)):
-            piece = self.streams[b].finish()
+        for b, stream in enumerate(self.streams):  # max_new_tokens reached: what is held back, and a cut character
+            piece = "" if stream.done else stream.finish()
             if piece:
                 yield b, piece
 

@@ -322,12 +322,12 @@ def attention_decode(qkv, kcache, vcache, slot, pos, *, out=None, num_threads=No
     C = NH * hs
     _check(fn, "qkv", qkv, (None, 3 * C))
     M = qkv.shape[0]
-    _check(fn, "slot", slot, (M,), dtype=np.int32)
-    _check(fn, "pos", pos, (M,), dtype=np.int32)
-    if M and (slot.min() < 0 or slot.max() >= S or np.unique(slot).size != M):
-        raise ValueError(f"{fn}: slot must hold distinct cache slots in [0, {S}) (got {slot.tolist()})")
-    if M and (pos.min() < 0 or pos.max() >= Tk):
-        raise ValueError(f"{fn}: pos must be in [0, {Tk}), the cache's capacity (got {pos.tolist()})")
+    slots, positions = (_check(fn, name, a, (M,), dtype=np.int32).tolist() for name, a in (("slot", slot),
+                                                                                          ("pos", pos)))
+    if M and (min(slots) < 0 or max(slots) >= S or len(set(slots)) != M):
+        raise ValueError(f"{fn}: slot must hold distinct cache slots in [0, {S}) (got {slots})")
+    if M and (min(positions) < 0 or max(positions) >= Tk):
+        raise ValueError(f"{fn}: pos must be in [0, {Tk}), the cache's capacity (got {positions})")
     nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
     out = _check_out(fn, "out", out, (M, C), (qkv, kcache, vcache))
     _no_overlap(fn, "qkv", qkv, (kcache, vcache))

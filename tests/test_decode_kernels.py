@@ -147,3 +147,43 @@ def test_attention_decode_rejects_bad_input(rng):
         kernels.attention_cache_store(np.zeros((17, 3 * C), np.float32), kc, vc, 0)
     with pytest.raises(ValueError, match=r"attention_cache_store: slot must be an integer in \[0, 2\) \(got 2\)"):
         kernels.attention_cache_store(qkv, kc, vc, 2)
+
+
+def test_gpt_decode_step(isa, rng):
+    """The whole-model step (csrc/decode.c) built by cllm.decoder.Decoder: Model.forward's bits at every row's
+    position, the same for every thread count, and its checks."""
+    import cllm
+    from cllm.decoder import Decoder
+
+    cfg = cllm.ModelConfig(vocab_size=70, context_length=128, d_model=192, n_layers=2, n_heads=3)  # work for threads
+    model = cllm.Model(cfg, seed=2)
+    model.params *= 3
+    seqs = [rng.integers(0, 70, n) for n in (128, 9, 90)]
+    decoder = Decoder(model, slots=3)
+    for b, s in enumerate(seqs):
+        decoder.prefill(b, s[:-1])
+    step = decoder._step  # kernels.GptDecodeStep over the decoder's weights and caches
+    ids, slots = np.array([s[-1] for s in seqs], np.int32), np.array([0, 1, 2], np.int32)
+    pos = np.array([s.size - 1 for s in seqs], np.int32)
+    snapshot = [(layer["kcache"].copy(), layer["vcache"].copy()) for layer in decoder._layers]
+
+    def run(nt):
+        for layer, (k, v) in zip(decoder._layers, snapshot):
+            layer["kcache"][...], layer["vcache"][...] = k, v
+        return (step(ids, slots, pos, num_threads=nt).copy(),)
+
+    logits = run(1)[0]
+    for b, s in enumerate(seqs):
+        np.testing.assert_array_equal(logits[b], model.forward(s[None])[0, -1])
+    same_for_every_thread_count(run)
+    i32 = lambda *v: np.array(v, np.int32)
+    with pytest.raises(ValueError, match=r"GptDecodeStep: ids must be in \[0, 70\) \(got \[70\]\)"):
+        step(i32(70), i32(0), i32(0))
+    with pytest.raises(ValueError, match=r"GptDecodeStep: slot must hold distinct cache slots \(got \[1, 1\]\)"):
+        step(i32(1, 2), i32(1, 1), i32(0, 0))
+    with pytest.raises(ValueError, match=r"GptDecodeStep: pos must be in \[0, 128\) \(got \[128\]\)"):
+        step(i32(1), i32(0), i32(128))
+    with pytest.raises(ValueError, match=r"GptDecodeStep: a step takes 1 to 3 rows \(got 4\)"):
+        step(i32(1, 1, 1, 1), i32(0, 1, 2, 0), i32(0, 0, 0, 0))
+    with pytest.raises(TypeError, match=r"GptDecodeStep: pos must be int32"):
+        step(i32(1), i32(0), np.zeros(1, np.int64))
