@@ -348,7 +348,8 @@ def attention_cache_store(qkv, kcache, vcache, slot: int, *, num_threads=None) -
     if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < S:
         raise ValueError(f"{fn}: slot must be an integer in [0, {S}) (got {slot!r})")
     _no_overlap(fn, "qkv", qkv, (kcache, vcache))
-    _kernels.attention_cache_store(qkv, kcache, vcache, int(slot), resolve_num_threads(num_threads, f"{fn}: num_threads"))
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    _kernels.attention_cache_store(qkv, kcache, vcache, int(slot), nt)
 
 
 class GptDecodeStep:

@@ -109,9 +109,13 @@ int cllm_attention_cache_store(const float *qkv, float *kcache, float *vcache, i
  * caller's buffers, with the state dict's shapes; the four matrices of each layer and the tied head (wte) packed as
  * linear_forward_packed wants them. */
 typedef struct {
-    const float *ln1_w, *ln1_b, *attn_wp, *attn_b, *attn_proj_wp, *attn_proj_b; /* (C) (C) packed(3C,C) (3C) packed(C,C) (C) */
-    const float *ln2_w, *ln2_b, *fc_wp, *fc_b, *fc_proj_wp, *fc_proj_b;       /* (C) (C) packed(H,C) (H) packed(C,H) (C) */
-    float *kcache, *vcache; /* this layer's KV cache: (S,NH,hs,Tk), (S,NH,Tk,hs) */
+    const float *ln1_w, *ln1_b;             /* (C) (C) */
+    const float *attn_wp, *attn_b;          /* packed (3C,C), (3C) */
+    const float *attn_proj_wp, *attn_proj_b; /* packed (C,C), (C) */
+    const float *ln2_w, *ln2_b;             /* (C) (C) */
+    const float *fc_wp, *fc_b;              /* packed (H,C), (H) */
+    const float *fc_proj_wp, *fc_proj_b;    /* packed (C,H), (C) */
+    float *kcache, *vcache;                 /* this layer's KV cache: (S,NH,hs,Tk), (S,NH,Tk,hs) */
 } cllm_gpt_layer;
 typedef struct {
     int64_t V, C, H, NH, L, S, Tk, Tctx; /* vocabulary, d_model, MLP width, heads, layers, cache slots and capacity,

@@ -3,7 +3,7 @@
  * The step is the sequence of cllm/model.py's forward for M rows, each row one new token of its own sequence at its
  * own position, made of this ISA's kernels (matrix-vector products over packed weights, attention over the cache),
  * so its logits have the bits Model.forward gives those positions. Done in C because the step is small: from
- * Python, the 40-odd kernel calls of a step cost about half as much again as the step itself.
+ * Python, its 43 checked kernel calls would add about 40% to the step (340 µs on top of ~0.85 ms for "small").
  *
  * Shapes: x, ln, att, tmp (M,C) the residual stream and temporaries, qkv (M,3C), fc (M,H), mean, rstd (M).
  * Cheap row-wise ops on a few rows run on one thread (a parallel region would cost more than the op); the matrix

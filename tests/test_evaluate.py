@@ -51,7 +51,8 @@ def test_evaluate_text_files(text_files):
     r = evaluate(model, folder, batch_size=2)  # several batches, and a last window shorter than the others
     assert r["tokens"] == tokens.size - 1 and tokens.size - 1 > 2 * model.config.context_length
     loss, top1, top5 = reference_metrics(model, tokens)
-    assert abs(r["loss"] - loss) <= 1e-5 * loss and r["top1"] == pytest.approx(top1) and r["top5"] == pytest.approx(top5)
+    assert abs(r["loss"] - loss) <= 1e-5 * loss
+    assert r["top1"] == pytest.approx(top1) and r["top5"] == pytest.approx(top5)
     assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
     text = b"".join(docs)[len(tok.token_bytes(tokens[0])):]  # the bytes of the predicted tokens, separators aside
     assert r["bytes"] == len(text)

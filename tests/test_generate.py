@@ -190,7 +190,8 @@ def test_bad_arguments_name_themselves():
     model = tiny_lm.code_model()
     ids = [1, 2]
     for kwargs, match in [(dict(top_p=0.0), "top_p must be None or a number in \\(0, 1\\] \\(got 0.0\\)"),
-                          (dict(top_p=1.5), "top_p must be"), (dict(temperature=-1), "temperature must be a number >= 0"),
+                          (dict(top_p=1.5), "top_p must be"),
+                          (dict(temperature=-1), "temperature must be a number >= 0"),
                           (dict(temperature=float("nan")), "temperature must be"), (dict(top_k=0), "top_k must be"),
                           (dict(repetition_penalty=0), "repetition_penalty must be a number > 0"),
                           (dict(seed=-1), "seed must be None or an integer >= 0"), (dict(stop=[1000]), "stop must be")]:
