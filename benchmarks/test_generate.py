@@ -1,6 +1,7 @@
 """Inference with a KV cache against the PyTorch peer (benchmarks/peers/torch_gpt.py, ``forward_cached``): prefill
-tokens/s of a 128-token prompt and decode tokens/s at batch 1 (128 more tokens, greedy), preset "small" (V 8192,
-T 256, C 256, L 4, NH 4), 1 and 2 threads, both from cllm.Model(cfg, seed=0)'s weights.
+tokens/s of a 128-token prompt and decode tokens/s at batch 1 (128 more tokens, greedy; quick mode: 32 and 32, one
+round), preset "small" (V 8192, T 256, C 256, L 4, NH 4), at each of conftest.THREADS, both from
+cllm.Model(cfg, seed=0)'s weights.
 
 Each case runs benchmarks/generate_worker.py in a process of its own; the worker reports medians (see its
 docstring), which ``record_rate`` stores. pytest-benchmark's own timing is the whole worker process: read the
@@ -23,11 +24,11 @@ import pytest
 
 import cllm
 
-from conftest import NOTES, settle
+from conftest import NOTES, THREADS, quick, settle
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "generate_worker.py")
-PRESET, PROMPT, DECODE, ROUNDS = "small", 128, 128, 5
-CASES = [(threads, impl) for threads in (1, 2) for impl in ("torch", "cllm")]  # the peer first: the ratio needs it
+PRESET, PROMPT, DECODE, ROUNDS = "small", quick(128, 32), quick(128, 32), quick(5, 1)
+CASES = [(threads, impl) for threads in THREADS for impl in ("torch", "cllm")]  # the peer first: the ratio needs it
 
 has_torch = importlib.util.find_spec("torch") is not None  # not imported here: the workers import it
 
@@ -58,7 +59,7 @@ def test_generate(benchmark, record_rate, threads, impl):
 
 
 KERNEL_CASES = [(kernel, threads, impl) for kernel in ("matvec head", "matvec mlp_fc", "attention_decode")
-                for threads in (1, 2) for impl in ("torch", "cllm")]
+                for threads in THREADS for impl in ("torch", "cllm")]
 
 
 @pytest.mark.parametrize("kernel,threads,impl", KERNEL_CASES, ids=["-".join(map(str, c)) for c in KERNEL_CASES])
@@ -95,7 +96,7 @@ def test_decode_kernels(benchmark, record, kernel, threads, impl):
         work, unit, scale = 1, "call", (1e3, "k")
     settle()
     with torch.inference_mode():
-        benchmark.pedantic(fn, rounds=200, iterations=5, warmup_rounds=20)
+        benchmark.pedantic(fn, rounds=quick(200, 20), iterations=5, warmup_rounds=quick(20, 2))
     record("decode kernels", kernel, threads, impl, work, unit, scale=scale)
 
 

@@ -51,7 +51,7 @@ class Decoder:
                 "kcache": np.zeros((slots, NH, C // NH, Tk), np.float32),
                 "vcache": np.zeros((slots, NH, Tk, C // NH), np.float32),
             })
-        self.lengths = np.zeros(slots, np.int64)  # tokens cached per slot
+        self.lengths = [0] * slots  # tokens cached per slot
         self._step = K.GptDecodeStep(wte=self._wte, wpe=self._wpe, ln_f=self._lnf, head=self._head,
                                      layers=self._layers, max_rows=slots)
         shapes = {"x": (T, C), "ln": (T, C), "mean": (T,), "rstd": (T,), "qkv": (T, 3 * C), "att": (T, C),
@@ -60,7 +60,7 @@ class Decoder:
 
     @property
     def slots(self) -> int:
-        return self.lengths.size
+        return len(self.lengths)
 
     def prefill(self, slot: int, ids) -> np.ndarray:
         """Run ids (1 to context_length token ids) through the model as the whole content of cache slot ``slot``;
@@ -94,20 +94,20 @@ class Decoder:
 
     def decode(self, slots, ids) -> np.ndarray:
         """One step: ids[m] is the next token of the sequence in cache slot slots[m] (distinct slots, each with
-        room for one more token). Returns the logits [M, V] that follow them: a view, overwritten by the next step."""
-        slots = np.ascontiguousarray(slots, dtype=np.int32).reshape(-1)
-        ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
-        if ids.shape != slots.shape:
-            raise ValueError(f"Decoder.decode: ids must hold one token per slot ({slots.size}), got {ids.size}")
-        if slots.size and (slots.min() < 0 or slots.max() >= self.slots):
-            raise ValueError(f"Decoder.decode: slots must be in [0, {self.slots}) (got {slots.tolist()})")
-        pos = self.lengths[slots].astype(np.int32)
-        full = slots[pos >= self.capacity]
-        if full.size:
-            raise ValueError(f"Decoder.decode: slot {int(full[0])} is full ({self.capacity} tokens, the context "
-                             "length): prefill it again with a shorter window")
-        logits = self._step(ids, slots, pos, num_threads=self.num_threads)
-        self.lengths[slots] += 1
+        room for one more token). Returns the logits [M, V] that follow them: a view, overwritten by the next step.
+        (Plain Python on the few rows: the time between two steps is what a waiting thread must spin across.)"""
+        slots, ids = [int(s) for s in slots], [int(t) for t in ids]
+        if len(ids) != len(slots):
+            raise ValueError(f"Decoder.decode: ids must hold one token per slot ({len(slots)}), got {len(ids)}")
+        for s in slots:
+            if not 0 <= s < self.slots:
+                raise ValueError(f"Decoder.decode: slots must be in [0, {self.slots}) (got {slots})")
+            if self.lengths[s] >= self.capacity:
+                raise ValueError(f"Decoder.decode: slot {s} is full ({self.capacity} tokens, the context length): "
+                                 "prefill it again with a shorter window")
+        logits = self._step(ids, slots, [self.lengths[s] for s in slots], num_threads=self.num_threads)
+        for s in slots:
+            self.lengths[s] += 1
         return logits
 
     def _linear(self, x, w, packed, bias, out):

@@ -392,30 +392,38 @@ class GptDecodeStep:
             raise ValueError(f"{fn}: max_rows must be an integer >= 1 (got {max_rows!r})")
         self.vocab_size, self.slots, self.positions, self.max_rows = V, S, min(Tk, wpe.shape[0]), int(max_rows)
         self._arrays = (wte, wpe, ln_f, head, layers)  # kept alive: the core holds their addresses
-        self._scratch = np.empty(self.max_rows * (8 * C + H + 2), np.float32)
+        # scratch floats for M rows on nt threads: csrc/cllm.h CLLM_GPT_DECODE_SCRATCH
+        self._scratch_floats = lambda M, nt: M * (5 * C + H) + nt * (M * (2 * C + 2) + 64 + hs)
+        self._scratch_threads = 0
         self._logits = np.empty((self.max_rows, V), np.float32)
         sizes = {"V": V, "C": C, "H": H, "NH": NH, "S": S, "Tk": Tk, "Tctx": wpe.shape[0]}
         weights = {"wte": wte, "wpe": wpe, "ln_f": ln_f, "head": head}
-        self._core = _kernels.GptDecodeStep(sizes, weights, list(layers))
+        self._core = _kernels.GptDecodeStep(sizes, weights, list(layers), self.max_rows, self._logits)
 
     def __call__(self, ids, slot, pos, *, num_threads=None) -> np.ndarray:
-        """ids, slot, pos: int32 [M] (M <= max_rows): token ids in [0, V), distinct cache slots in [0, S), positions
-        in [0, min(Tk, Tctx)). Returns the logits [M, V]: a view, overwritten by the next call."""
+        """ids, slot, pos: M integers each (M <= max_rows): token ids in [0, V), distinct cache slots in [0, S),
+        positions in [0, min(Tk, Tctx)). Returns the logits [M, V]: a view, overwritten by the next call.
+        The checks are plain Python on the few integers: a decode step's overhead is what a waiting thread must
+        spin across, and an array check per argument would take longer than the arithmetic of a small step."""
         fn = "GptDecodeStep"
-        M = ids.shape[0] if isinstance(ids, np.ndarray) else -1
-        for name, a in (("ids", ids), ("slot", slot), ("pos", pos)):
-            _check(fn, name, a, (M,), dtype=np.int32)
-        if not 1 <= M <= self.max_rows:
-            raise ValueError(f"{fn}: a step takes 1 to {self.max_rows} rows (got {M})")
-        for name, a, high in (("ids", ids, self.vocab_size), ("slot", slot, self.slots), ("pos", pos, self.positions)):
-            values = a.tolist()
-            if min(values) < 0 or max(values) >= high:
-                raise ValueError(f"{fn}: {name} must be in [0, {high}) (got {values})")
-        if M > 1 and len(set(slot.tolist())) != M:
-            raise ValueError(f"{fn}: slot must hold distinct cache slots (got {slot.tolist()})")
-        logits = self._logits[:M]
-        self._core.step(ids, slot, pos, self._scratch, logits, resolve_num_threads(num_threads, f"{fn}: num_threads"))
-        return logits
+        ids, slot, pos = list(ids), list(slot), list(pos)
+        M = len(ids)
+        if not 1 <= M <= self.max_rows or len(slot) != M or len(pos) != M:
+            raise ValueError(f"{fn}: ids, slot and pos must hold the same number of rows, 1 to {self.max_rows} "
+                             f"(got {M}, {len(slot)}, {len(pos)})")
+        for name, values, high in (("ids", ids, self.vocab_size), ("slot", slot, self.slots),
+                                   ("pos", pos, self.positions)):
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < high:
+                    raise ValueError(f"{fn}: {name} must be integers in [0, {high}) (got {values})")
+        if M > 1 and len(set(slot)) != M:
+            raise ValueError(f"{fn}: slot must hold distinct cache slots (got {slot})")
+        nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+        if nt > self._scratch_threads:
+            self._core.set_scratch(np.empty(self._scratch_floats(self.max_rows, nt), np.float32))
+            self._scratch_threads = nt
+        self._core.step(ids, slot, pos, nt)
+        return self._logits[:M]
 
 
 def _flat(fn: str, name: str, a) -> np.ndarray:

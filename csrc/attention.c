@@ -18,6 +18,7 @@
 
 #define QR 8  /* query rows per tile */
 #define KB 64 /* keys per block: a multiple of every VW */
+_Static_assert(CLLM_DECODE_UNIT_SCRATCH(0) == KB, "a decode unit's scratch holds one block of scores");
 #define MIN_THREAD_WORK 8192 /* decode: a thread's least share of score multiply-adds worth a parallel region */
 
 typedef struct {
@@ -425,6 +426,16 @@ static void head_decode(const float *q, const float *k, const float *v, float *k
     normalise_row(acc, l, hs, out);
 }
 
+void ISA_FN(cllm_attention_decode_unit)(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                                        const int32_t *pos, int64_t C, int64_t NH, int64_t Tk, int64_t u,
+                                        float *scratch)
+{
+    int64_t hs = C / NH, m = u / NH, hh = u % NH, cell = (int64_t)slot[m] * NH + hh;
+    const float *q = qkv + m * 3 * C + hh * hs;
+    head_decode(q, q + C, q + 2 * C, kcache + cell * hs * Tk, vcache + cell * Tk * hs, Tk, hs, pos[m],
+                out + m * C + hh * hs, scratch, scratch + KB);
+}
+
 int ISA_FN(cllm_attention_decode)(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
                                   const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads)
 {
@@ -433,20 +444,14 @@ int ISA_FN(cllm_attention_decode)(const float *qkv, float *kcache, float *vcache
     int failed = 0, nt = (int)cllm_max(1, cllm_min(num_threads, cllm_min(M * NH, work / MIN_THREAD_WORK)));
 #pragma omp parallel num_threads(nt)
     {
-        float *s = cllm_alloc(sizeof(float) * (KB + hs)); /* one block per thread */
-        float *acc = s ? s + KB : NULL;
+        float *s = cllm_alloc(sizeof(float) * CLLM_DECODE_UNIT_SCRATCH(hs)); /* one block per thread */
         if (!s) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t u = 0; u < M * NH; u++) { /* (row, head) pairs: rows own distinct slots, so nothing races */
-            if (!s) continue;
-            int64_t m = u / NH, hh = u % NH, cell = (int64_t)slot[m] * NH + hh;
-            const float *q = qkv + m * 3 * C + hh * hs;
-            head_decode(q, q + C, q + 2 * C, kcache + cell * hs * Tk, vcache + cell * Tk * hs, Tk, hs, pos[m],
-                        out + m * C + hh * hs, s, acc);
-        }
+        for (int64_t u = 0; u < M * NH; u++) /* (row, head) pairs: rows own distinct slots, so nothing races */
+            if (s) ISA_FN(cllm_attention_decode_unit)(qkv, kcache, vcache, out, slot, pos, C, NH, Tk, u, s);
         cllm_free(s);
     }
     return failed ? CLLM_ENOMEM : 0;

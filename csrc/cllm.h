@@ -39,6 +39,14 @@ void cllm_tree_reduce(float *partials, int64_t n, int64_t len, float *out, int a
 /* The same order for n double scalars: returns their sum; partials[n] is overwritten. */
 double cllm_tree_sum_f64(double *partials, int64_t n);
 
+/* A barrier for the nthreads threads of one parallel region, which spin (then yield the core) rather than sleep:
+ * for regions whose threads meet every few microseconds (decode.c), where waking a sleeping thread costs more than
+ * the work between two meetings. Zero-initialised, shared by the team; memory written before it is visible after. */
+typedef struct {
+    int64_t count, generation;
+} cllm_spin_barrier;
+void cllm_spin_barrier_wait(cllm_spin_barrier *b, int64_t nthreads);
+
 /* ---- scratch.c: a large temporary kept between calls (64-byte aligned); NULL when out of memory ---- */
 void *cllm_scratch_get(size_t bytes);
 void cllm_scratch_put(void *p);
@@ -123,10 +131,12 @@ typedef struct {
     const float *wte, *wpe, *lnf_w, *lnf_b, *head_wp; /* (V,C) (Tctx,C) (C) (C) packed(V,C) */
     const cllm_gpt_layer *layers;                     /* (L) */
 } cllm_gpt;
-/* Scratch floats gpt_decode_step needs for M rows. */
-#define CLLM_GPT_DECODE_SCRATCH(M, C, H) ((M) * (8 * (C) + (H) + 2))
+/* Scratch floats gpt_decode_step needs for M rows on nt threads (hs = C/NH): shared (M,5C+H), per thread
+ * (M,2C+2) + 64 + hs. */
+#define CLLM_GPT_DECODE_SCRATCH(M, C, H, hs, nt) ((M) * (5 * (C) + (H)) + (nt) * ((M) * (2 * (C) + 2) + 64 + (hs)))
 /* ids (M) in [0,V): the next token of the sequence in cache slot slot[m] (distinct, < S), at position pos[m]
- * (< Tk and < Tctx: the tokens cached before it). Stores each layer's k and v there; logits (M,V). */
+ * (< Tk and < Tctx: the tokens cached before it). Stores each layer's k and v there; logits (M,V).
+ * scratch: CLLM_GPT_DECODE_SCRATCH(M, C, H, hs, num_threads) floats. */
 int cllm_gpt_decode_step(const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos, int64_t M,
                          float *scratch, float *logits, int num_threads);
 

@@ -91,6 +91,16 @@ typedef struct {
 #define CLLM_ISA_NAME(name) ISA_FN(cllm_##name)
 CLLM_ISA_KERNELS(CLLM_DECLARE)
 #undef CLLM_ISA_NAME
+
+/* Pieces of kernels that one thread runs, for decode.c's single parallel region (per ISA, not dispatched). */
+/* linear_forward_packed's part `part` of `parts` (see matmul.c); cols: the output columns it wrote, [c0, c1). */
+void ISA_FN(cllm_linear_packed_part)(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                                     int64_t N, int64_t part, int64_t parts, int64_t cols[2]);
+/* attention_decode's unit u = (row u / NH, head u % NH); scratch: CLLM_DECODE_UNIT_SCRATCH(hs) floats. */
+#define CLLM_DECODE_UNIT_SCRATCH(hs) (64 + (hs))
+void ISA_FN(cllm_attention_decode_unit)(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                                        const int32_t *pos, int64_t C, int64_t NH, int64_t Tk, int64_t u,
+                                        float *scratch);
 #endif
 
 #endif

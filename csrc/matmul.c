@@ -428,6 +428,23 @@ static void packed_tiles(const float *x, int64_t K, const float *wp, const float
     }
 }
 
+/* Part `part` of `parts` of linear_forward_packed: the columns of panels [P·part/parts, P·(part+1)/parts) for all
+ * M rows; returns that range's first and last column (c0, c1) in *cols. What one thread does, here or in
+ * decode.c's single parallel region. */
+void ISA_FN(cllm_linear_packed_part)(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                                     int64_t N, int64_t part, int64_t parts, int64_t cols[2])
+{
+    int64_t P = cllm_ceil_div(N, PANEL), p_end = P * (part + 1) / parts, p = P * part / parts;
+    cols[0] = cllm_min(N, p * PANEL), cols[1] = cllm_min(N, p_end * PANEL);
+    while (p < p_end) { /* a group of panels stays in L2 while every row uses it */
+        int panels = p + PG <= p_end ? PG : 1;
+        for (int64_t r = 0; r < M; r += PR)
+            packed_tiles(x + r * K, K, wp + p * K * PANEL, b ? b + p * PANEL : NULL, y + r * N + p * PANEL, N,
+                         cllm_min(N - p * PANEL, panels * PANEL), (int)cllm_min(PR, M - r), panels);
+        p += panels;
+    }
+}
+
 int ISA_FN(cllm_linear_forward_packed)(const float *x, const float *wp, const float *b, float *y, int64_t M,
                                        int64_t K, int64_t N, int num_threads)
 {
@@ -435,14 +452,8 @@ int ISA_FN(cllm_linear_forward_packed)(const float *x, const float *wp, const fl
     int64_t parts = cllm_max(1, cllm_min(cllm_min(num_threads, P), work));
 #pragma omp parallel for num_threads((int)parts) schedule(static)
     for (int64_t t = 0; t < parts; t++) {
-        int64_t p_end = P * (t + 1) / parts;
-        for (int64_t p = P * t / parts; p < p_end;) { /* a group of panels stays in L2 while every row uses it */
-            int panels = p + PG <= p_end ? PG : 1;
-            for (int64_t r = 0; r < M; r += PR)
-                packed_tiles(x + r * K, K, wp + p * K * PANEL, b ? b + p * PANEL : NULL, y + r * N + p * PANEL, N,
-                             cllm_min(N - p * PANEL, panels * PANEL), (int)cllm_min(PR, M - r), panels);
-            p += panels;
-        }
+        int64_t cols[2];
+        ISA_FN(cllm_linear_packed_part)(x, wp, b, y, M, K, N, t, parts, cols);
     }
     return 0;
 }

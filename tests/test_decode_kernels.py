@@ -163,8 +163,7 @@ def test_gpt_decode_step(isa, rng):
     for b, s in enumerate(seqs):
         decoder.prefill(b, s[:-1])
     step = decoder._step  # kernels.GptDecodeStep over the decoder's weights and caches
-    ids, slots = np.array([s[-1] for s in seqs], np.int32), np.array([0, 1, 2], np.int32)
-    pos = np.array([s.size - 1 for s in seqs], np.int32)
+    ids, slots, pos = [int(s[-1]) for s in seqs], [0, 1, 2], [s.size - 1 for s in seqs]
     snapshot = [(layer["kcache"].copy(), layer["vcache"].copy()) for layer in decoder._layers]
 
     def run(nt):
@@ -176,14 +175,14 @@ def test_gpt_decode_step(isa, rng):
     for b, s in enumerate(seqs):
         np.testing.assert_array_equal(logits[b], model.forward(s[None])[0, -1])
     same_for_every_thread_count(run)
-    i32 = lambda *v: np.array(v, np.int32)
-    with pytest.raises(ValueError, match=r"GptDecodeStep: ids must be in \[0, 70\) \(got \[70\]\)"):
-        step(i32(70), i32(0), i32(0))
+    np.testing.assert_array_equal(step(np.array(ids[1:2]), [1], pos[1:2])[0], logits[1])  # any integer sequences
+    with pytest.raises(ValueError, match=r"GptDecodeStep: ids must be integers in \[0, 70\) \(got \[70\]\)"):
+        step([70], [0], [0])
     with pytest.raises(ValueError, match=r"GptDecodeStep: slot must hold distinct cache slots \(got \[1, 1\]\)"):
-        step(i32(1, 2), i32(1, 1), i32(0, 0))
-    with pytest.raises(ValueError, match=r"GptDecodeStep: pos must be in \[0, 128\) \(got \[128\]\)"):
-        step(i32(1), i32(0), i32(128))
-    with pytest.raises(ValueError, match=r"GptDecodeStep: a step takes 1 to 3 rows \(got 4\)"):
-        step(i32(1, 1, 1, 1), i32(0, 1, 2, 0), i32(0, 0, 0, 0))
-    with pytest.raises(TypeError, match=r"GptDecodeStep: pos must be int32"):
-        step(i32(1), i32(0), np.zeros(1, np.int64))
+        step([1, 2], [1, 1], [0, 0])
+    with pytest.raises(ValueError, match=r"GptDecodeStep: pos must be integers in \[0, 128\) \(got \[128\]\)"):
+        step([1], [0], [128])
+    with pytest.raises(ValueError, match=r"GptDecodeStep: ids, slot and pos must hold the same number of rows, 1 to 3"):
+        step([1, 1, 1, 1], [0, 1, 2, 0], [0, 0, 0, 0])
+    with pytest.raises(ValueError, match=r"GptDecodeStep: pos must be integers"):
+        step([1], [0], [0.5])

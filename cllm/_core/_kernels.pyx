@@ -228,14 +228,20 @@ cdef float *_data_w(a) except NULL:
 
 cdef class GptDecodeStep:
     """A whole GPT's decode step (csrc/decode.c) over arrays checked by cllm.kernels.GptDecodeStep, which also keeps
-    them alive: this object holds only their addresses."""
+    them alive: this object holds only their addresses, and int32 buffers for a step's ids, slots and positions."""
     cdef cllm_gpt g
     cdef cllm_gpt_layer *layers
+    cdef int32_t *rows  # ids, slots, positions: 3 × max_rows
+    cdef int64_t max_rows
+    cdef float[::1] scratch
+    cdef float[:, ::1] logits
 
-    def __cinit__(self, dict sizes, dict weights, list layers):
+    def __cinit__(self, dict sizes, dict weights, list layers, int64_t max_rows, float[:, ::1] logits):
         self.layers = <cllm_gpt_layer *> PyMem_Malloc(len(layers) * sizeof(cllm_gpt_layer))
-        if self.layers == NULL:
-            raise MemoryError("GptDecodeStep: could not allocate the layer table")
+        self.rows = <int32_t *> PyMem_Malloc(3 * max_rows * sizeof(int32_t))
+        if self.layers == NULL or self.rows == NULL:
+            raise MemoryError("GptDecodeStep: could not allocate its tables")
+        self.max_rows, self.logits = max_rows, logits
         for i, w in enumerate(layers):
             self.layers[i] = cllm_gpt_layer(
                 ln1_w=_data(w["ln_1"][0]), ln1_b=_data(w["ln_1"][1]),
@@ -252,13 +258,20 @@ cdef class GptDecodeStep:
 
     def __dealloc__(self):
         PyMem_Free(self.layers)
+        PyMem_Free(self.rows)
 
-    def step(self, const int32_t[::1] ids, const int32_t[::1] slot, const int32_t[::1] pos, float[::1] scratch,
-             float[:, ::1] logits, int num_threads):
+    def set_scratch(self, float[::1] scratch):
+        self.scratch = scratch
+
+    def step(self, list ids, list slot, list pos, int num_threads):
+        """ids, slot, pos: lists of M <= max_rows ints, checked; the logits go to rows 0 .. M-1 of ``logits``."""
+        cdef int64_t m, M = len(ids), R = self.max_rows
         cdef int err
+        for m in range(M):
+            self.rows[m], self.rows[R + m], self.rows[2 * R + m] = ids[m], slot[m], pos[m]
         with nogil:
-            err = cllm_gpt_decode_step(&self.g, &ids[0], &slot[0], &pos[0], ids.shape[0], &scratch[0],
-                                       &logits[0, 0], num_threads)
+            err = cllm_gpt_decode_step(&self.g, self.rows, self.rows + R, self.rows + 2 * R, M, &self.scratch[0],
+                                       &self.logits[0, 0], num_threads)
         _check(err, "gpt_decode_step")
 
 
