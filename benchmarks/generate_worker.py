@@ -2,7 +2,7 @@
 pools never meet). Prints one JSON line.
 
     python benchmarks/generate_worker.py --impl cllm|torch --threads N [--preset small --prompt 128 --decode 128
-        --rounds 5]
+        --rounds 5] [--kernel matvec_head|matvec_mlp_fc|attention_decode]
 
 Each round prefills a prompt of random tokens (seed 0) and then decodes --decode tokens one at a time at batch 1,
 greedily (the argmax of the logits is part of a step). prefill_tokens_per_s is the median over rounds of prompt
@@ -74,6 +74,49 @@ def torch_session(cfg, threads):
     return prefill, decode, generate
 
 
+def kernel_rate(kernel, impl, threads, rounds):
+    """(rate, unit) of one decode kernel at batch 1: the median of ``rounds`` rounds of 5 calls each (see
+    benchmarks/test_generate.py for what is timed)."""
+    rng = np.random.default_rng(0)
+    if impl == "torch":
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(threads)
+    else:
+        from cllm import kernels
+    if kernel.startswith("matvec"):
+        N, K = (8192, 256) if kernel == "matvec_head" else (1024, 256)
+        x, w = rng.standard_normal((1, K), dtype=np.float32), rng.standard_normal((N, K), dtype=np.float32)
+        if impl == "torch":
+            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+            fn = lambda: F.linear(tx, tw)
+        else:
+            wp, y = kernels.pack_linear_weights(w), np.empty((1, N), np.float32)
+            fn = lambda: kernels.linear_forward_packed(x, wp, n=N, out=y, num_threads=threads)
+        work, unit = 4 * N * K, "B"
+    else:
+        NH, hs, Tk, pos = 4, 64, 256, 255
+        qkv = rng.standard_normal((1, 3 * NH * hs), dtype=np.float32)
+        if impl == "torch":
+            q = torch.from_numpy(qkv[:, :NH * hs].reshape(1, NH, 1, hs).copy())
+            k, v = (torch.from_numpy(rng.standard_normal((1, NH, pos + 1, hs), dtype=np.float32)) for _ in "kv")
+            fn = lambda: F.scaled_dot_product_attention(q, k, v)
+        else:
+            kc = rng.standard_normal((1, NH, hs, Tk), dtype=np.float32)
+            vc = rng.standard_normal((1, NH, Tk, hs), dtype=np.float32)
+            slot, at, out = np.zeros(1, np.int32), np.full(1, pos, np.int32), np.empty((1, NH * hs), np.float32)
+            fn = lambda: kernels.attention_decode(qkv, kc, vc, slot, at, out=out, num_threads=threads)
+        work, unit = 1, "call"
+    times = []
+    for _ in range(rounds + rounds // 10):  # the first tenth warms up
+        t0 = time.perf_counter()
+        for _ in range(5):
+            fn()
+        times.append((time.perf_counter() - t0) / 5)
+    return work / statistics.median(times[rounds // 10:]), unit
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--impl", choices=("cllm", "torch"), required=True)
@@ -82,8 +125,18 @@ def main(argv=None):
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--kernel", choices=("matvec_head", "matvec_mlp_fc", "attention_decode"),
+                    help="time this decode kernel alone instead (--rounds rounds of 5 calls)")
     args = ap.parse_args(argv)
+    if args.impl == "torch":  # before cllm, whose import sets GOMP_SPINCOUNT: the peer keeps its own OpenMP defaults
+        import torch  # noqa: F401
     import cllm
+
+    if args.kernel:
+        rate, unit = kernel_rate(args.kernel, args.impl, args.threads, args.rounds)
+        print(json.dumps({"impl": args.impl, "threads": args.threads, "kernel": args.kernel, "rate": rate,
+                          "unit": unit}))
+        return
 
     cfg = cllm.ModelConfig.preset(args.preset)
     if args.prompt < 1 or args.decode < 1 or args.prompt + args.decode > cfg.context_length or args.rounds < 1:

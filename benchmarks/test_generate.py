@@ -6,7 +6,8 @@ cllm.Model(cfg, seed=0)'s weights.
 Each case runs benchmarks/generate_worker.py in a process of its own; the worker reports medians (see its
 docstring), which ``record_rate`` stores. pytest-benchmark's own timing is the whole worker process: read the
 figures from the summary table or extra_info. A second group times the decode step's two kernels alone, at batch 1,
-in this process: ``linear_forward_packed`` on the output head [8192, 256] and the MLP's first layer [1024, 256]
+in the worker too (each side with its own OpenMP settings: cllm's import sets GOMP_SPINCOUNT, so torch is imported
+first): ``linear_forward_packed`` on the output head [8192, 256] and the MLP's first layer [1024, 256]
 against ``F.linear`` (GB/s of weights read: these products are bound by memory), and ``attention_decode`` of one
 query over 255 cached positions against ``F.scaled_dot_product_attention`` of q [1,4,1,64] over k, v [1,4,256,64]
 (calls/s). A third checks that the peer's cached inference computes the same logits and greedy tokens as cllm's on
@@ -33,9 +34,9 @@ CASES = [(threads, impl) for threads in THREADS for impl in ("torch", "cllm")]  
 has_torch = importlib.util.find_spec("torch") is not None  # not imported here: the workers import it
 
 
-def run_worker(impl, threads):
+def run_worker(impl, threads, options=()):
     cmd = [sys.executable, WORKER, "--impl", impl, "--threads", str(threads), "--preset", PRESET,
-           "--prompt", str(PROMPT), "--decode", str(DECODE), "--rounds", str(ROUNDS)]
+           "--prompt", str(PROMPT), "--decode", str(DECODE), "--rounds", str(ROUNDS), *options]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -58,46 +59,19 @@ def test_generate(benchmark, record_rate, threads, impl):
     record_rate("decode", f"{PRESET} batch 1", threads, impl, result["decode_tokens_per_s"], "token")
 
 
-KERNEL_CASES = [(kernel, threads, impl) for kernel in ("matvec head", "matvec mlp_fc", "attention_decode")
+KERNEL_CASES = [(kernel, threads, impl) for kernel in ("matvec_head", "matvec_mlp_fc", "attention_decode")
                 for threads in THREADS for impl in ("torch", "cllm")]
 
 
 @pytest.mark.parametrize("kernel,threads,impl", KERNEL_CASES, ids=["-".join(map(str, c)) for c in KERNEL_CASES])
-def test_decode_kernels(benchmark, record, kernel, threads, impl):
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F
-
-    from cllm import kernels
-
-    torch.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    if kernel.startswith("matvec"):
-        N, K = (8192, 256) if kernel == "matvec head" else (1024, 256)
-        x, w = rng.standard_normal((1, K), dtype=np.float32), rng.standard_normal((N, K), dtype=np.float32)
-        if impl == "torch":
-            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-            fn = lambda: F.linear(tx, tw)
-        else:
-            wp, y = kernels.pack_linear_weights(w), np.empty((1, N), np.float32)
-            fn = lambda: kernels.linear_forward_packed(x, wp, n=N, out=y, num_threads=threads)
-        work, unit, scale = 4 * N * K, "B", (1e9, "G")
-    else:
-        NH, hs, Tk, pos = 4, 64, 256, 255
-        qkv = rng.standard_normal((1, 3 * NH * hs), dtype=np.float32)
-        if impl == "torch":
-            q = torch.from_numpy(qkv[:, :NH * hs].reshape(1, NH, 1, hs).copy())
-            k, v = (torch.from_numpy(rng.standard_normal((1, NH, pos + 1, hs), dtype=np.float32)) for _ in "kv")
-            fn = lambda: F.scaled_dot_product_attention(q, k, v)
-        else:
-            kc = rng.standard_normal((1, NH, hs, Tk), dtype=np.float32)
-            vc = rng.standard_normal((1, NH, Tk, hs), dtype=np.float32)
-            slot, at, out = np.zeros(1, np.int32), np.full(1, pos, np.int32), np.empty((1, NH * hs), np.float32)
-            fn = lambda: kernels.attention_decode(qkv, kc, vc, slot, at, out=out, num_threads=threads)
-        work, unit, scale = 1, "call", (1e3, "k")
+def test_decode_kernels(benchmark, record_rate, kernel, threads, impl):
+    if impl == "torch" and not has_torch:
+        pytest.skip("torch is not installed (pip install torch==2.13.0)")
     settle()
-    with torch.inference_mode():
-        benchmark.pedantic(fn, rounds=quick(200, 20), iterations=5, warmup_rounds=quick(20, 2))
-    record("decode kernels", kernel, threads, impl, work, unit, scale=scale)
+    result = benchmark.pedantic(run_worker, args=(impl, threads, ["--kernel", kernel, "--rounds",
+                                                                  str(quick(200, 20))]), rounds=1, iterations=1)
+    unit, scale = (result["unit"], (1e9, "G")) if result["unit"] == "B" else (result["unit"], (1e3, "k"))
+    record_rate("decode kernels", kernel, threads, impl, result["rate"], unit, scale=scale)
 
 
 def test_peer_cached_inference_matches():
