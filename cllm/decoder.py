@@ -13,6 +13,8 @@ Shapes: C = d_model, H = mlp_ratio·C, V vocabulary, NH heads, hs = C/NH, T prom
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from . import kernels as K
@@ -96,7 +98,7 @@ class Decoder:
         """One step: ids[m] is the next token of the sequence in cache slot slots[m] (distinct slots, each with
         room for one more token). Returns the logits [M, V] that follow them: a view, overwritten by the next step.
         (Plain Python on the few rows: the time between two steps is what a waiting thread must spin across.)"""
-        slots, ids = [int(s) for s in slots], [int(t) for t in ids]
+        slots, ids = [operator.index(s) for s in slots], [operator.index(t) for t in ids]
         if len(ids) != len(slots):
             raise ValueError(f"Decoder.decode: ids must hold one token per slot ({len(slots)}), got {len(ids)}")
         for s in slots:

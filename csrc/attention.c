@@ -442,6 +442,7 @@ int ISA_FN(cllm_attention_decode)(const float *qkv, float *kcache, float *vcache
     int64_t hs = C / NH, work = 0;
     for (int64_t m = 0; m < M; m++) work += ((int64_t)pos[m] + 1) * C; /* multiply-adds of the scores */
     int failed = 0, nt = (int)cllm_max(1, cllm_min(num_threads, cllm_min(M * NH, work / MIN_THREAD_WORK)));
+    (void)nt; /* unused without OpenMP */
 #pragma omp parallel num_threads(nt)
     {
         float *s = cllm_alloc(sizeof(float) * CLLM_DECODE_UNIT_SCRATCH(hs)); /* one block per thread */

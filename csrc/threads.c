@@ -10,9 +10,9 @@
 #include <windows.h>
 #define cpu_relax() _mm_pause()
 #define cpu_yield() SwitchToThread()
-#define atomic_load(p) _InterlockedOr64((volatile long long *)(p), 0)
-#define atomic_increment(p) _InterlockedIncrement64((volatile long long *)(p))
-#define atomic_store(p, v) _InterlockedExchange64((volatile long long *)(p), (v))
+#define load_acquire(p) _InterlockedOr64((volatile long long *)(p), 0)
+#define increment_acq_rel(p) _InterlockedIncrement64((volatile long long *)(p))
+#define store_release(p, v) _InterlockedExchange64((volatile long long *)(p), (v))
 #else
 #include <sched.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -22,9 +22,9 @@
 #define cpu_relax() ((void)0)
 #endif
 #define cpu_yield() sched_yield()
-#define atomic_load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define atomic_increment(p) __atomic_add_fetch((p), 1, __ATOMIC_ACQ_REL)
-#define atomic_store(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define increment_acq_rel(p) __atomic_add_fetch((p), 1, __ATOMIC_ACQ_REL)
+#define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #endif
 
 #include "cllm.h"
@@ -72,13 +72,13 @@ double cllm_tree_sum_f64(double *partials, int64_t n)
 void cllm_spin_barrier_wait(cllm_spin_barrier *b, int64_t nthreads)
 {
     if (nthreads <= 1) return;
-    int64_t generation = atomic_load(&b->generation);
-    if (atomic_increment(&b->count) == nthreads) { /* the last one in opens the barrier for the next use */
-        atomic_store(&b->count, 0);
-        atomic_store(&b->generation, generation + 1);
+    int64_t generation = load_acquire(&b->generation);
+    if (increment_acq_rel(&b->count) == nthreads) { /* the last one in opens the barrier for the next use */
+        store_release(&b->count, 0);
+        store_release(&b->generation, generation + 1);
         return;
     }
-    for (int64_t spins = 0; atomic_load(&b->generation) == generation; spins++) {
+    for (int64_t spins = 0; load_acquire(&b->generation) == generation; spins++) {
         if (spins < SPIN_BEFORE_YIELD) cpu_relax();
         else cpu_yield(); /* an oversubscribed machine: let whoever holds the core finish */
     }
