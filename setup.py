@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover
 
 # the kernels, one copy per instruction set
 ISA_SOURCES = ["csrc/" + f for f in ("matmul.c", "embedding.c", "layernorm.c", "attention.c", "gelu.c",
-                                     "crossentropy.c", "adamw.c")]
+                                     "crossentropy.c", "adamw.c", "decode.c")]
 KERNEL_SOURCES = ["cllm/_core/_kernels.pyx", "csrc/dispatch.c", "csrc/threads.c", "csrc/scratch.c"]
 DEPENDS = sorted(glob("csrc/**/*.[ch]", recursive=True) + glob("csrc/**/*.hpp", recursive=True))
 GENERATED = os.path.join("build", "generated")  # headers made at build time (the Unicode tables of the tokenizer)

@@ -244,6 +244,63 @@ def _export(args) -> int:
     return 0
 
 
+def _load(args):
+    """The model of args.file, with args.threads applied."""
+    from . import load, set_num_threads
+
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    return load(args.file)
+
+
+def _generate(args) -> int:
+    model = _load(args)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    repetition_penalty=args.repetition_penalty, seed=args.seed)
+    if args.stream:
+        for piece in model.generate_stream(args.prompt, args.max_tokens, **sampling):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        print(model.generate(args.prompt, args.max_tokens, **sampling))
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate
+
+    r = evaluate(_load(args), args.data if len(args.data) > 1 else args.data[0], max_tokens=args.max_tokens,
+                 batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    print(f"{args.file} on {r['data']}: {r['tokens']:,} tokens, {r['bytes']:,} bytes ({r['seconds']:.1f} s)")
+    print(f"loss         {r['loss']:.4f} nats/token   perplexity {r['perplexity']:.2f}")
+    print(f"bits/byte    {fmt(r['bits_per_byte'])}   (same bytes: xz -9e {fmt(r['xz_bits_per_byte'])}, "
+          f"gzip -9 {fmt(r['gzip_bits_per_byte'])})")
+    print(f"accuracy     top-1 {r['top1']:.1%}   top-5 {r['top5']:.1%}")
+    return 0
+
+
+def _complete(args) -> int:
+    from .evaluate import complete
+
+    r = complete(_load(args), args.source, positions=args.positions, seed=args.seed, max_new_tokens=args.max_tokens,
+                 examples=args.examples)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{args.file}: {r['positions']} held-out lines, exact match {r['exact_match']:.1%}, "
+          f"character similarity {r['similarity']:.1%} ({r['seconds']:.1f} s)")
+    for case in r["examples"]:
+        print(f"\n{case['file']}:{case['line']}  (similarity {case['similarity']:.2f})")
+        print(f"  expected:  {case['target']}")
+        print(f"  predicted: {case['predicted']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cllm", description="Train small GPT models from source files or web pages.")
     parser.add_argument("--version", action="version", version=f"cllm {__version__}")
@@ -414,6 +471,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("safetensors",), default="safetensors", help="output format")
     p.add_argument("directory", metavar="DIR")
     p.set_defaults(run=_export)
+
+    p = sub.add_parser("generate", help="generate text from a prompt",
+                       description="Print the text a .cllm model generates after --prompt (the prompt itself is not "
+                                   "repeated). Temperature 0 is greedy; a fixed --seed reproduces the output.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--prompt", required=True, help="the text to continue ('' starts a new document)")
+    p.add_argument("--max-tokens", type=_non_negative_int, default=256)
+    p.add_argument("--temperature", type=_non_negative_float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=_positive_float, default=None, help="in (0, 1]")
+    p.add_argument("--repetition-penalty", type=_positive_float, default=1.0, help="1 = none")
+    p.add_argument("--seed", type=_non_negative_int, default=None)
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(run=_generate)
+
+    p = sub.add_parser("eval", help="validation loss, perplexity, bits per byte and accuracy",
+                       description="Evaluate a .cllm model on the val shards of a `cllm tokenize` folder or on text "
+                                   "files: loss, perplexity, bits per byte (beside xz -9e and gzip -9 on the same "
+                                   "bytes), top-1 and top-5 next-token accuracy.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                   help="a tokens/ folder (its val_*.bin), or text files and folders of them")
+    p.add_argument("--max-tokens", type=_positive_int, default=None, help="predict at most this many tokens")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(run=_eval)
+
+    p = sub.add_parser("complete", help="complete held-out lines of source files",
+                       description="At --positions line starts chosen at random (--seed) in the source files, "
+                                   "complete the line greedily from the code before it; report the exact-match rate "
+                                   "and the character similarity, with examples.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--source", required=True, action="append", metavar="PATH",
+                   help="a source file, or a folder (its *.py files); repeatable")
+    p.add_argument("--positions", type=_positive_int, default=20)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--max-tokens", type=_positive_int, default=64, help="longest completion, in tokens")
+    p.add_argument("--examples", type=_non_negative_int, default=5, help="cases to print")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(run=_complete)
     return parser
 
 

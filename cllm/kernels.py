@@ -13,9 +13,14 @@ import numpy as np
 from ._core import _kernels
 from .threads import resolve_num_threads
 
-__all__ = ["adamw_step", "attention_backward", "attention_forward", "crossentropy", "embedding_backward",
-           "embedding_forward", "gelu_backward", "gelu_forward", "get_isa", "layernorm_backward", "layernorm_forward",
-           "linear_backward", "linear_forward", "residual_forward", "set_isa", "sum_squares", "tree_reduce"]
+__all__ = ["GptDecodeStep", "PANEL", "adamw_step", "attention_backward", "attention_cache_store", "attention_decode",
+           "attention_forward", "crossentropy", "embedding_backward", "embedding_forward", "gelu_backward",
+           "gelu_forward", "get_isa", "layernorm_backward", "layernorm_forward", "linear_backward", "linear_forward",
+           "linear_forward_packed", "pack_linear_weights", "residual_forward", "set_isa", "sum_squares",
+           "tree_reduce"]
+
+PANEL = _kernels.PANEL  # output columns per panel of packed linear weights (csrc/cllm.h CLLM_PANEL)
+KV_ALIGN = 16  # a KV cache's capacity Tk must be a multiple of this
 
 
 def get_isa() -> str:
@@ -119,6 +124,42 @@ def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, bias=True, accumulat
                 db[...] = 0.0
             db += dy.sum(axis=0, dtype=np.float32)
     return dx, dw, db
+
+
+def pack_linear_weights(w) -> np.ndarray:
+    """w [N, K] (nn.Linear layout) -> wp [ceil(N/PANEL), K, PANEL] with wp[p, k, c] = w[p·PANEL + c, k] (zero past
+    N): the layout ``linear_forward_packed`` streams. A copy, made once per model for decoding."""
+    _check("pack_linear_weights", "w", w, (None, None))
+    N, K = w.shape
+    P = -(-N // PANEL)
+    padded = np.zeros((P * PANEL, K), dtype=np.float32)
+    padded[:N] = w
+    return np.ascontiguousarray(padded.reshape(P, PANEL, K).transpose(0, 2, 1))
+
+
+def linear_forward_packed(x, wp, b=None, *, n: int, out=None, num_threads=None) -> np.ndarray:
+    """y = x · wᵀ + b for a few rows (the decode step), w given packed by ``pack_linear_weights``.
+
+    x [M, K], wp [ceil(n/PANEL), K, PANEL], b [n] or None -> y [M, n], float32: each row has exactly the bits
+    ``linear_forward`` gives it, whatever M. One pass over the weights serves all M rows."""
+    fn = "linear_forward_packed"
+    _check(fn, "wp", wp, (None, None, PANEL))
+    P, K, _ = wp.shape
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not (P - 1) * PANEL < n <= P * PANEL \
+            and not (P == 0 and n == 0):
+        raise ValueError(f"{fn}: n must be the packed weight's output count, in ({(P - 1) * PANEL}, {P * PANEL}] "
+                         f"(got {n!r})")
+    _check(fn, "x", x, (None, K))
+    if b is not None:
+        _check(fn, "b", b, (n,))
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    y = _check_out(fn, "out", out, (x.shape[0], n), (x, wp, b))
+    if y.size:
+        if K:
+            _kernels.linear_forward_packed(x, wp, b, y, nt)
+        else:
+            y[...] = 0.0 if b is None else b
+    return y
 
 
 def tree_reduce(partials, *, num_threads=None) -> np.ndarray:
@@ -255,6 +296,134 @@ def attention_backward(dout, qkv, out, lse, *, dqkv=None, num_threads=None) -> n
     if dqkv.size:
         _kernels.attention_backward(dout, qkv, out, lse, dqkv, nt)
     return dqkv
+
+
+def _check_cache(fn: str, kcache, vcache) -> tuple[int, int, int, int]:
+    """(S, NH, hs, Tk) of a KV cache: kcache [S, NH, hs, Tk] (keys transposed), vcache [S, NH, Tk, hs]."""
+    _check(fn, "kcache", kcache, (None, None, None, None), writeable=True)
+    S, NH, hs, Tk = kcache.shape
+    if Tk % KV_ALIGN or not (S and NH and hs and Tk):
+        raise ValueError(f"{fn}: kcache must be [S, NH, hs, Tk] with every size >= 1 and Tk a multiple of "
+                         f"{KV_ALIGN} (got {list(kcache.shape)})")
+    _check(fn, "vcache", vcache, (S, NH, Tk, hs), writeable=True)
+    _no_overlap(fn, "vcache", vcache, (kcache,))
+    return S, NH, hs, Tk
+
+
+def attention_decode(qkv, kcache, vcache, slot, pos, *, out=None, num_threads=None) -> np.ndarray:
+    """One decode step of causal attention over a KV cache (S sequence slots of capacity Tk).
+
+    qkv [M, 3C] holds one new token of each of M sequences; row m uses cache slot slot[m] (distinct, in [0, S)) at
+    position pos[m] in [0, Tk) (the number of tokens cached before it). Stores the row's k and v there, then
+    returns out [M, C] = its attention over positions 0 .. pos[m]: the bits ``attention_forward`` gives that row.
+    Caches as ``_check_cache`` says; C = NH·hs."""
+    fn = "attention_decode"
+    S, NH, hs, Tk = _check_cache(fn, kcache, vcache)
+    C = NH * hs
+    _check(fn, "qkv", qkv, (None, 3 * C))
+    M = qkv.shape[0]
+    slots, positions = (_check(fn, name, a, (M,), dtype=np.int32).tolist() for name, a in (("slot", slot),
+                                                                                          ("pos", pos)))
+    if M and (min(slots) < 0 or max(slots) >= S or len(set(slots)) != M):
+        raise ValueError(f"{fn}: slot must hold distinct cache slots in [0, {S}) (got {slots})")
+    if M and (min(positions) < 0 or max(positions) >= Tk):
+        raise ValueError(f"{fn}: pos must be in [0, {Tk}), the cache's capacity (got {positions})")
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    out = _check_out(fn, "out", out, (M, C), (qkv, kcache, vcache))
+    _no_overlap(fn, "qkv", qkv, (kcache, vcache))
+    if M:
+        _kernels.attention_decode(qkv, kcache, vcache, out, slot, pos, nt)
+    return out
+
+
+def attention_cache_store(qkv, kcache, vcache, slot: int, *, num_threads=None) -> None:
+    """Prefill: store the k and v of one sequence's qkv [T, 3C] (T <= Tk) in cache slot ``slot`` at positions
+    0 .. T-1; the slot's keys after T become 0."""
+    fn = "attention_cache_store"
+    S, NH, hs, Tk = _check_cache(fn, kcache, vcache)
+    _check(fn, "qkv", qkv, (None, 3 * NH * hs))
+    T = qkv.shape[0]
+    if not 1 <= T <= Tk:
+        raise ValueError(f"{fn}: qkv must have 1 to {Tk} rows, the cache's capacity (got {T})")
+    if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < S:
+        raise ValueError(f"{fn}: slot must be an integer in [0, {S}) (got {slot!r})")
+    _no_overlap(fn, "qkv", qkv, (kcache, vcache))
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    _kernels.attention_cache_store(qkv, kcache, vcache, int(slot), nt)
+
+
+class GptDecodeStep:
+    """One decode step of a whole GPT as one kernel call (csrc/decode.c): per row, the next token of a sequence
+    whose keys and values are cached, through every layer to the logits, with the bits ``Model.forward`` gives that
+    position. Everything but the step's tokens is checked once, here; the arrays are used in place (not copied).
+
+    wte [V, C], wpe [Tctx, C], ln_f: (weight, bias) [C], head: wte packed by ``pack_linear_weights``; layers: per
+    layer a dict with "ln_1", "ln_2": (weight, bias) [C]; "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj":
+    (packed weight, bias) of [3C, C], [C, C], [H, C], [C, H]; "kcache" [S, NH, hs, Tk], "vcache" [S, NH, Tk, hs]
+    (see ``attention_decode``). max_rows: the most rows a step takes. Not for concurrent use (one scratch).
+    """
+
+    def __init__(self, *, wte, wpe, ln_f, head, layers, max_rows: int):
+        fn = "GptDecodeStep"
+        _check(fn, "wte", wte, (None, None))
+        V, C = wte.shape
+        _check(fn, "wpe", wpe, (None, C))
+        _check(fn, "head", head, (-(-V // PANEL), C, PANEL))
+        if not layers:
+            raise ValueError(f"{fn}: layers must hold at least one layer")
+        S, NH, hs, Tk = _check_cache(fn, layers[0]["kcache"], layers[0]["vcache"])
+        H = _check(fn, "layers[0] mlp.c_fc bias", layers[0]["mlp.c_fc"][1], (None,)).shape[0]
+        if NH * hs != C:
+            raise ValueError(f"{fn}: the caches' NH·hs must be C = {C} (got {NH}·{hs})")
+        for name, a in (("ln_f weight", ln_f[0]), ("ln_f bias", ln_f[1])):
+            _check(fn, name, a, (C,))
+        shapes = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (H, C), "mlp.c_proj": (C, H)}
+        for i, layer in enumerate(layers):
+            for ln in ("ln_1", "ln_2"):
+                for part, a in zip(("weight", "bias"), layer[ln]):
+                    _check(fn, f"layers[{i}] {ln} {part}", a, (C,))
+            for name, (n, k) in shapes.items():
+                packed, bias = layer[name]
+                _check(fn, f"layers[{i}] {name} packed weight", packed, (-(-n // PANEL), k, PANEL))
+                _check(fn, f"layers[{i}] {name} bias", bias, (n,))
+            if _check_cache(fn, layer["kcache"], layer["vcache"]) != (S, NH, hs, Tk):
+                raise ValueError(f"{fn}: layers[{i}]'s cache must have layer 0's shape {[S, NH, hs, Tk]}")
+        if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
+            raise ValueError(f"{fn}: max_rows must be an integer >= 1 (got {max_rows!r})")
+        self.vocab_size, self.slots, self.positions, self.max_rows = V, S, min(Tk, wpe.shape[0]), int(max_rows)
+        self._arrays = (wte, wpe, ln_f, head, layers)  # kept alive: the core holds their addresses
+        # scratch floats for M rows on nt threads: csrc/cllm.h CLLM_GPT_DECODE_SCRATCH
+        self._scratch_floats = lambda M, nt: M * (5 * C + H) + nt * (M * (2 * C + 2) + 64 + hs)
+        self._scratch_threads = 0
+        self._logits = np.empty((self.max_rows, V), np.float32)
+        sizes = {"V": V, "C": C, "H": H, "NH": NH, "S": S, "Tk": Tk, "Tctx": wpe.shape[0]}
+        weights = {"wte": wte, "wpe": wpe, "ln_f": ln_f, "head": head}
+        self._core = _kernels.GptDecodeStep(sizes, weights, list(layers), self.max_rows, self._logits)
+
+    def __call__(self, ids, slot, pos, *, num_threads=None) -> np.ndarray:
+        """ids, slot, pos: M integers each (M <= max_rows): token ids in [0, V), distinct cache slots in [0, S),
+        positions in [0, min(Tk, Tctx)). Returns the logits [M, V]: a view, overwritten by the next call.
+        The checks are plain Python on the few integers: a decode step's overhead is what a waiting thread must
+        spin across, and an array check per argument would take longer than the arithmetic of a small step."""
+        fn = "GptDecodeStep"
+        ids, slot, pos = list(ids), list(slot), list(pos)
+        M = len(ids)
+        if not 1 <= M <= self.max_rows or len(slot) != M or len(pos) != M:
+            raise ValueError(f"{fn}: ids, slot and pos must hold the same number of rows, 1 to {self.max_rows} "
+                             f"(got {M}, {len(slot)}, {len(pos)})")
+        for name, values, high in (("ids", ids, self.vocab_size), ("slot", slot, self.slots),
+                                   ("pos", pos, self.positions)):
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < high:
+                    raise ValueError(f"{fn}: {name} must be integers in [0, {high}) (got {values})")
+        if M > 1 and len(set(slot)) != M:
+            raise ValueError(f"{fn}: slot must hold distinct cache slots (got {slot})")
+        nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+        if nt > self._scratch_threads:
+            self._core.set_scratch(np.empty(self._scratch_floats(self.max_rows, nt), np.float32))
+            self._scratch_threads = nt
+        self._core.step(ids, slot, pos, nt)
+        return self._logits[:M]
 
 
 def _flat(fn: str, name: str, a) -> np.ndarray:

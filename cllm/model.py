@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from . import generate as _generate
 from . import kernels as K
 from .config import ModelConfig
 from .threads import get_num_threads
@@ -336,6 +337,26 @@ class Model:
                la["ln1_rstd"], dres, g[w + "ln_1.weight"], g[w + "ln_1.bias"], num_threads=nt)
         op("embedding_backward", K.embedding_backward, dres.reshape(B, T, C), idx, g["transformer.wte.weight"],
            g["transformer.wpe.weight"], num_threads=nt)
+
+    # --- generation (cllm/generate.py) ------------------------------------------------------------------------
+
+    def generate(self, prompt, max_new_tokens: int = 256, **sampling):
+        """The text that follows prompt (a str; or a list of str -> a list). sampling: temperature, top_k, top_p,
+        repetition_penalty, seed, stop (strings), use_cache. Needs ``tokenizer``. See ``cllm.generate.generate``."""
+        return _generate.generate(self, prompt, max_new_tokens, **sampling)
+
+    def generate_stream(self, prompt: str, max_new_tokens: int = 256, **sampling):
+        """``generate`` as an iterator of text pieces, none of which ends inside a UTF-8 character."""
+        return _generate.generate_stream(self, prompt, max_new_tokens, **sampling)
+
+    def generate_ids(self, ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None, stop=None,
+                     use_cache: bool = True):
+        """The token ids that follow ids (or, for a list of sequences, a list of lists): temperature 0 = greedy;
+        top_k, top_p filter; repetition_penalty as CTRL's; a fixed seed reproduces; generation ends at a ``stop``
+        id. With or without the KV cache, the same ids. See ``cllm.generate.generate_ids``."""
+        return _generate.generate_ids(self, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                                      stop, use_cache)
 
     # --- files ------------------------------------------------------------------------------------------------
 

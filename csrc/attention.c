@@ -18,6 +18,8 @@
 
 #define QR 8  /* query rows per tile */
 #define KB 64 /* keys per block: a multiple of every VW */
+_Static_assert(CLLM_DECODE_UNIT_SCRATCH(0) == KB, "a decode unit's scratch holds one block of scores");
+#define MIN_THREAD_WORK 8192 /* decode: a thread's least share of score multiply-adds worth a parallel region */
 
 typedef struct {
     const float *q, *k, *v; /* row 0 of this head's q, k, v; rows are ld floats apart */
@@ -113,7 +115,7 @@ static void tile_weighted_rows(const float *p, const float *rows, int64_t ld, in
     for (; d < hs; d++)
         for (int r = 0; r < QR; r++) {
             float a = acc[r * hs + d];
-            for (int64_t jj = 0; jj < nk; jj++) a += p[r * KB + jj] * rows[jj * ld + d];
+            for (int64_t jj = 0; jj < nk; jj++) a = sfmadd(p[r * KB + jj], rows[jj * ld + d], a);
             acc[r * hs + d] = a;
         }
 }
@@ -132,6 +134,51 @@ static void tile_rows(const float *base, int64_t ld, int64_t i0, int64_t T, cons
     for (int r = 0; r < QR; r++) rows[r] = base + cllm_min(i0 + r, T - 1) * ld;
 }
 
+/* One query row meets one block of keys (online softmax).   sr (KB): the row's scores for this block, of which
+ * the first `valid` count (the causal mask); on return sr holds e^(s - m) there and 0 up to KB. *m, *l: the
+ * row's running max and sum of exponentials; acc (hs): its running Σ p·v, rescaled when the max grows.
+ * The forward (QR rows at a time) and the decode step (one row) share it, so that they give the same bits. */
+static void softmax_block_row(float *sr, int64_t valid, float *m, float *l, float *acc, int64_t hs)
+{
+    float mx = *m;
+    int64_t jj = 0;
+    if (valid >= VW) {
+        vec vm = vloadu(sr);
+        for (jj = VW; jj + VW <= valid; jj += VW) vm = vmax(vm, vloadu(sr + jj));
+        float bm = vhmax(vm);
+        mx = bm > mx ? bm : mx;
+    }
+    for (; jj < valid; jj++) mx = sr[jj] > mx ? sr[jj] : mx;
+    float alpha = expf(*m - mx), sum = 0.0f;
+    vec vmx = vset1(mx), vsum = vzero();
+    jj = 0;
+    for (; jj + VW <= valid; jj += VW) {
+        vec e = vexp(vsub(vloadu(sr + jj), vmx));
+        vstoreu(sr + jj, e);
+        vsum = vadd(vsum, e);
+    }
+    sum = vhsum(vsum);
+    if (jj < valid) { /* the ragged end through one padded register, padding dropped */
+        _Alignas(CLLM_ALIGN) float t[VW] = {0};
+        int64_t left = valid - jj;
+        memcpy(t, sr + jj, sizeof(float) * (size_t)left);
+        vstoreu(t, vexp(vsub(vloadu(t), vmx)));
+        for (int64_t u = 0; u < left; u++) sum += t[u];
+        memcpy(sr + jj, t, sizeof(float) * (size_t)left);
+    }
+    for (jj = cllm_max(valid, 0); jj < KB; jj++) sr[jj] = 0.0f; /* masked keys weigh nothing */
+    *l = sfmadd(*l, alpha, sum);
+    *m = mx;
+    if (alpha != 1.0f) scale_row(acc, hs, alpha);
+}
+
+/* out[d] = acc[d] / l for d < hs: a row's final normalisation. */
+static void normalise_row(const float *acc, float l, int64_t hs, float *out)
+{
+    float inv = 1.0f / l;
+    for (int64_t d = 0; d < hs; d++) out[d] = acc[d] * inv;
+}
+
 /* For one head: out rows (ldo apart) and lse (T). Scratch: kt (hs,Tp), s (QR,KB), acc (QR,hs). */
 static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, float *kt, float *s, float *acc)
 {
@@ -147,46 +194,14 @@ static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, f
         for (int64_t j0 = 0; j0 < kend; j0 += KB) {
             int64_t nk = cllm_min(KB, kend - j0), nkv = cllm_round_up(nk, VW);
             tile_scores(q, kt, h->Tp, hs, j0, nkv, h->scale, s);
-            for (int64_t r = 0; r < nr; r++) {
-                float *sr = s + r * KB;
-                int64_t valid = cllm_max(0, cllm_min(nk, i0 + r - j0 + 1)); /* causal: keys j <= i */
-                float mx = m[r];
-                int64_t jj = 0;
-                if (valid >= VW) {
-                    vec vm = vloadu(sr);
-                    for (jj = VW; jj + VW <= valid; jj += VW) vm = vmax(vm, vloadu(sr + jj));
-                    float bm = vhmax(vm);
-                    mx = bm > mx ? bm : mx;
-                }
-                for (; jj < valid; jj++) mx = sr[jj] > mx ? sr[jj] : mx;
-                float alpha = expf(m[r] - mx), sum = 0.0f;
-                vec vmx = vset1(mx), vsum = vzero();
-                jj = 0;
-                for (; jj + VW <= valid; jj += VW) {
-                    vec e = vexp(vsub(vloadu(sr + jj), vmx));
-                    vstoreu(sr + jj, e);
-                    vsum = vadd(vsum, e);
-                }
-                sum = vhsum(vsum);
-                if (jj < valid) { /* the ragged end through one padded register, padding dropped */
-                    _Alignas(CLLM_ALIGN) float t[VW] = {0};
-                    int64_t left = valid - jj;
-                    memcpy(t, sr + jj, sizeof(float) * (size_t)left);
-                    vstoreu(t, vexp(vsub(vloadu(t), vmx)));
-                    for (int64_t u = 0; u < left; u++) sum += t[u];
-                    memcpy(sr + jj, t, sizeof(float) * (size_t)left);
-                }
-                for (jj = cllm_max(valid, 0); jj < KB; jj++) sr[jj] = 0.0f; /* masked keys weigh nothing */
-                l[r] = l[r] * alpha + sum;
-                m[r] = mx;
-                if (alpha != 1.0f) scale_row(acc + r * hs, hs, alpha);
-            }
+            for (int64_t r = 0; r < nr; r++) /* causal: keys j <= i */
+                softmax_block_row(s + r * KB, cllm_max(0, cllm_min(nk, i0 + r - j0 + 1)), &m[r], &l[r],
+                                  acc + r * hs, hs);
             for (int64_t r = nr; r < QR; r++) memset(s + r * KB, 0, sizeof(float) * KB);
             tile_weighted_rows(s, h->v + j0 * h->ld, h->ld, nk, hs, acc);
         }
         for (int64_t r = 0; r < nr; r++) {
-            float inv = 1.0f / l[r];
-            for (int64_t d = 0; d < hs; d++) out[(i0 + r) * ldo + d] = acc[r * hs + d] * inv;
+            normalise_row(acc + r * hs, l[r], hs, out + (i0 + r) * ldo);
             lse[i0 + r] = m[r] + logf(l[r]);
         }
     }
@@ -329,4 +344,131 @@ int ISA_FN(cllm_attention_backward)(const float *dout, const float *qkv, const f
         cllm_free(kt);
     }
     return failed ? CLLM_ENOMEM : 0;
+}
+
+/* ---- the decode step: one new query per sequence against its KV cache ---------------------------------------
+ * Cache layout, per sequence slot and head: K transposed, kcache (S,NH,hs,Tk) with key j's value d at d·Tk + j, the
+ * layout the forward gives its own K (transpose_rows), so that scores are vector FMAs along the keys in the same
+ * order; V as rows, vcache (S,NH,Tk,hs). Tk, the capacity, is a multiple of 16 (of every VW), so vector loads of
+ * keys past the last one stay inside the slot. A query row meets keys 0 .. pos in the forward's KB-key blocks,
+ * through the same online-softmax update: its output has the bits of the forward's row at that position. */
+
+/* s[jj] = scale · Σ_d q[d]·kt[d][j0+jj] for jj < nkv (a multiple of VW): tile_scores for one row, each score the
+ * same chain of FMAs over d. Four vectors of keys at a time (independent chains).   q (hs), kt (hs,Tk), s (KB) */
+static void row_scores(const float *q, const float *kt, int64_t Tk, int64_t hs, int64_t j0, int64_t nkv, float scale,
+                       float *s)
+{
+    vec vs = vset1(scale);
+    const float *b = kt + j0;
+    int64_t jv = 0;
+    for (; jv + 4 * VW <= nkv; jv += 4 * VW) {
+        vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+        for (int64_t d = 0; d < hs; d++) {
+            vec qd = vset1(q[d]);
+            const float *bd = b + d * Tk + jv;
+            a0 = vfmadd(qd, vloadu(bd), a0);
+            a1 = vfmadd(qd, vloadu(bd + VW), a1);
+            a2 = vfmadd(qd, vloadu(bd + 2 * VW), a2);
+            a3 = vfmadd(qd, vloadu(bd + 3 * VW), a3);
+        }
+        vstoreu(s + jv, vmul(a0, vs));
+        vstoreu(s + jv + VW, vmul(a1, vs));
+        vstoreu(s + jv + 2 * VW, vmul(a2, vs));
+        vstoreu(s + jv + 3 * VW, vmul(a3, vs));
+    }
+    for (; jv < nkv; jv += VW) {
+        vec a = vzero();
+        for (int64_t d = 0; d < hs; d++) a = vfmadd(vset1(q[d]), vloadu(b + d * Tk + jv), a);
+        vstoreu(s + jv, vmul(a, vs));
+    }
+}
+
+/* acc[:] += Σ_jj p[jj] · rows[jj][:] for jj < nk: tile_weighted_rows for one row.   p (KB), rows (nk,hs), acc (hs) */
+static void row_weighted_rows(const float *p, const float *rows, int64_t nk, int64_t hs, float *acc)
+{
+    int64_t d = 0;
+    for (; d + 2 * VW <= hs; d += 2 * VW) {
+        vec a0 = vloadu(acc + d), a1 = vloadu(acc + d + VW);
+        for (int64_t jj = 0; jj < nk; jj++) {
+            vec pj = vset1(p[jj]);
+            a0 = vfmadd(pj, vloadu(rows + jj * hs + d), a0);
+            a1 = vfmadd(pj, vloadu(rows + jj * hs + d + VW), a1);
+        }
+        vstoreu(acc + d, a0), vstoreu(acc + d + VW, a1);
+    }
+    for (; d + VW <= hs; d += VW) {
+        vec a = vloadu(acc + d);
+        for (int64_t jj = 0; jj < nk; jj++) a = vfmadd(vset1(p[jj]), vloadu(rows + jj * hs + d), a);
+        vstoreu(acc + d, a);
+    }
+    for (; d < hs; d++) {
+        float a = acc[d];
+        for (int64_t jj = 0; jj < nk; jj++) a = sfmadd(p[jj], rows[jj * hs + d], a);
+        acc[d] = a;
+    }
+}
+
+/* One head of one sequence: store the new k, v at pos, then out (hs) = attention of q over keys 0 .. pos.
+ * q, k, v (hs); kt (hs,Tk) and vrows (Tk,hs): the head's cache. Scratch: s (KB), acc (hs). */
+static void head_decode(const float *q, const float *k, const float *v, float *kt, float *vrows, int64_t Tk,
+                        int64_t hs, int64_t pos, float *out, float *s, float *acc)
+{
+    for (int64_t d = 0; d < hs; d++) kt[d * Tk + pos] = k[d];
+    memcpy(vrows + pos * hs, v, sizeof(float) * (size_t)hs);
+    float m = -INFINITY, l = 0.0f, scale = 1.0f / sqrtf((float)hs);
+    memset(acc, 0, sizeof(float) * (size_t)hs);
+    for (int64_t j0 = 0; j0 <= pos; j0 += KB) {
+        int64_t nk = cllm_min(KB, pos + 1 - j0);
+        row_scores(q, kt, Tk, hs, j0, cllm_round_up(nk, VW), scale, s);
+        softmax_block_row(s, nk, &m, &l, acc, hs);
+        row_weighted_rows(s, vrows + j0 * hs, nk, hs, acc);
+    }
+    normalise_row(acc, l, hs, out);
+}
+
+void ISA_FN(cllm_attention_decode_unit)(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                                        const int32_t *pos, int64_t C, int64_t NH, int64_t Tk, int64_t u,
+                                        float *scratch)
+{
+    int64_t hs = C / NH, m = u / NH, hh = u % NH, cell = (int64_t)slot[m] * NH + hh;
+    const float *q = qkv + m * 3 * C + hh * hs;
+    head_decode(q, q + C, q + 2 * C, kcache + cell * hs * Tk, vcache + cell * Tk * hs, Tk, hs, pos[m],
+                out + m * C + hh * hs, scratch, scratch + KB);
+}
+
+int ISA_FN(cllm_attention_decode)(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                                  const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads)
+{
+    int64_t hs = C / NH, work = 0;
+    for (int64_t m = 0; m < M; m++) work += ((int64_t)pos[m] + 1) * C; /* multiply-adds of the scores */
+    int failed = 0, nt = (int)cllm_max(1, cllm_min(num_threads, cllm_min(M * NH, work / MIN_THREAD_WORK)));
+    (void)nt; /* unused without OpenMP */
+#pragma omp parallel num_threads(nt)
+    {
+        float *s = cllm_alloc(sizeof(float) * CLLM_DECODE_UNIT_SCRATCH(hs)); /* one block per thread */
+        if (!s) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < M * NH; u++) /* (row, head) pairs: rows own distinct slots, so nothing races */
+            if (s) ISA_FN(cllm_attention_decode_unit)(qkv, kcache, vcache, out, slot, pos, C, NH, Tk, u, s);
+        cllm_free(s);
+    }
+    return failed ? CLLM_ENOMEM : 0;
+}
+
+int ISA_FN(cllm_attention_cache_store)(const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T,
+                                       int64_t C, int64_t NH, int64_t Tk, int num_threads)
+{
+    int64_t hs = C / NH;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t hh = 0; hh < NH; hh++) {
+        int64_t cell = slot * NH + hh;
+        const float *k = qkv + C + hh * hs, *v = k + C;
+        transpose_rows(k, 3 * C, T, hs, Tk, kcache + cell * hs * Tk); /* zeros past T: no stale keys */
+        float *vrows = vcache + cell * Tk * hs;
+        for (int64_t t = 0; t < T; t++) memcpy(vrows + t * hs, v + t * 3 * C, sizeof(float) * (size_t)hs);
+    }
+    return 0;
 }

@@ -39,6 +39,14 @@ void cllm_tree_reduce(float *partials, int64_t n, int64_t len, float *out, int a
 /* The same order for n double scalars: returns their sum; partials[n] is overwritten. */
 double cllm_tree_sum_f64(double *partials, int64_t n);
 
+/* A barrier for the nthreads threads of one parallel region, which spin (then yield the core) rather than sleep:
+ * for regions whose threads meet every few microseconds (decode.c), where waking a sleeping thread costs more than
+ * the work between two meetings. Zero-initialised, shared by the team; memory written before it is visible after. */
+typedef struct {
+    int64_t count, generation;
+} cllm_spin_barrier;
+void cllm_spin_barrier_wait(cllm_spin_barrier *b, int64_t nthreads);
+
 /* ---- scratch.c: a large temporary kept between calls (64-byte aligned); NULL when out of memory ---- */
 void *cllm_scratch_get(size_t bytes);
 void cllm_scratch_put(void *p);
@@ -55,6 +63,13 @@ int cllm_linear_forward(const float *x, const float *w, const float *b, float *y
  * The sums over M are cut into fixed row chunks (a function of M, N, K only) reduced up the sphere tree. */
 int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
                          int64_t M, int64_t K, int64_t N, int accumulate, int num_threads);
+
+/* Decode: y = x · wᵀ + b for a few rows, with w packed once by panels of CLLM_PANEL output columns:
+ * wp is (ceil(N/CLLM_PANEL), K, CLLM_PANEL), wp[p][k][c] = w[p·CLLM_PANEL + c][k] (0 past N). x is (M,K), b (N) or
+ * NULL, y (M,N). Each row gets exactly the bits cllm_linear_forward gives it (same K-block order), for any M. */
+#define CLLM_PANEL 32
+int cllm_linear_forward_packed(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                               int64_t N, int num_threads);
 
 /* ---- the GPT layers: one forward/backward pair per file, backward gradients added (+=) unless noted ---- */
 /* embedding.c: out[b,t,:] = wte[idx[b,t],:] + wpe[t,:].   idx is (B,T) int32 in [0,V), wte is (V,C),
@@ -84,6 +99,46 @@ int cllm_attention_forward(const float *qkv, float *out, float *lse, int64_t B, 
  * recomputes the scores from qkv and lse. One thread per (b, head): no races, a fixed order. */
 int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse, float *dqkv,
                             int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads);
+
+/* The decode step over a KV cache, per sequence slot s and head h: kcache (S,NH,hs,Tk) holds the keys transposed
+ * (key j's d-th value at [s,h,d,j]), vcache (S,NH,Tk,hs) the values as rows; Tk is a multiple of 16.
+ * attention_decode: qkv (M,3C) holds one new token of each of M sequences; row m uses slot[m] (distinct) and sits at
+ * position pos[m] < Tk (the tokens cached before it). Stores its k and v there, then out (M,C) = its causal
+ * attention over positions 0 .. pos[m]: the bits attention_forward gives that row. One thread per (row, head). */
+int cllm_attention_decode(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                          const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads);
+/* Prefill: stores the k and v of one sequence's qkv (T,3C), T <= Tk, in cache slot `slot` at positions 0 .. T-1
+ * (and zero keys after them). */
+int cllm_attention_cache_store(const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T, int64_t C,
+                               int64_t NH, int64_t Tk, int num_threads);
+
+/* decode.c: one decode step of a whole GPT (the layers of cllm/model.py in order), as one call over the kernels
+ * above, so that its logits have the bits Model.forward gives the same positions. The weights are pointers into the
+ * caller's buffers, with the state dict's shapes; the four matrices of each layer and the tied head (wte) packed as
+ * linear_forward_packed wants them. */
+typedef struct {
+    const float *ln1_w, *ln1_b;             /* (C) (C) */
+    const float *attn_wp, *attn_b;          /* packed (3C,C), (3C) */
+    const float *attn_proj_wp, *attn_proj_b; /* packed (C,C), (C) */
+    const float *ln2_w, *ln2_b;             /* (C) (C) */
+    const float *fc_wp, *fc_b;              /* packed (H,C), (H) */
+    const float *fc_proj_wp, *fc_proj_b;    /* packed (C,H), (C) */
+    float *kcache, *vcache;                 /* this layer's KV cache: (S,NH,hs,Tk), (S,NH,Tk,hs) */
+} cllm_gpt_layer;
+typedef struct {
+    int64_t V, C, H, NH, L, S, Tk, Tctx; /* vocabulary, d_model, MLP width, heads, layers, cache slots and capacity,
+                                          * positions (wpe's rows) */
+    const float *wte, *wpe, *lnf_w, *lnf_b, *head_wp; /* (V,C) (Tctx,C) (C) (C) packed(V,C) */
+    const cllm_gpt_layer *layers;                     /* (L) */
+} cllm_gpt;
+/* Scratch floats gpt_decode_step needs for M rows on nt threads (hs = C/NH): shared (M,5C+H), per thread
+ * (M,2C+2) + 64 + hs. */
+#define CLLM_GPT_DECODE_SCRATCH(M, C, H, hs, nt) ((M) * (5 * (C) + (H)) + (nt) * ((M) * (2 * (C) + 2) + 64 + (hs)))
+/* ids (M) in [0,V): the next token of the sequence in cache slot slot[m] (distinct, < S), at position pos[m]
+ * (< Tk and < Tctx: the tokens cached before it). Stores each layer's k and v there; logits (M,V).
+ * scratch: CLLM_GPT_DECODE_SCRATCH(M, C, H, hs, num_threads) floats. */
+int cllm_gpt_decode_step(const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos, int64_t M,
+                         float *scratch, float *logits, int num_threads);
 
 /* gelu.c: out = x·Φ(x) with GELU's tanh approximation, and the residual add.   x, out are (n). */
 int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads);

@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include "cllm.h"
+
 #define CLLM_ISA_KERNELS(X)                                                                                        \
     X(linear_forward,                                                                                              \
       (const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N, int num_threads), \
@@ -17,6 +19,9 @@
       (const float *dy, const float *x, const float *w, float *dx, float *dw, float *db, int64_t M, int64_t K,     \
        int64_t N, int accumulate, int num_threads),                                                                \
       (dy, x, w, dx, dw, db, M, K, N, accumulate, num_threads))                                                    \
+    X(linear_forward_packed,                                                                                       \
+      (const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K, int64_t N, int num_threads),\
+      (x, wp, b, y, M, K, N, num_threads))                                                                         \
     X(embedding_forward,                                                                                           \
       (const int32_t *idx, const float *wte, const float *wpe, float *out, int64_t B, int64_t T, int64_t C,        \
        int num_threads),                                                                                           \
@@ -40,6 +45,18 @@
       (const float *dout, const float *qkv, const float *out, const float *lse, float *dqkv, int64_t B, int64_t T, \
        int64_t C, int64_t NH, int num_threads),                                                                    \
       (dout, qkv, out, lse, dqkv, B, T, C, NH, num_threads))                                                       \
+    X(attention_decode,                                                                                            \
+      (const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot, const int32_t *pos,        \
+       int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads),                                             \
+      (qkv, kcache, vcache, out, slot, pos, M, C, NH, Tk, num_threads))                                            \
+    X(attention_cache_store,                                                                                       \
+      (const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T, int64_t C, int64_t NH, int64_t Tk, \
+       int num_threads),                                                                                           \
+      (qkv, kcache, vcache, slot, T, C, NH, Tk, num_threads))                                                      \
+    X(gpt_decode_step,                                                                                             \
+      (const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos, int64_t M, float *scratch,  \
+       float *logits, int num_threads),                                                                            \
+      (g, ids, slot, pos, M, scratch, logits, num_threads))                                                        \
     X(gelu_forward, (const float *x, float *out, int64_t n, int num_threads), (x, out, n, num_threads))            \
     X(gelu_backward, (const float *x, const float *dout, float *dx, int64_t n, int num_threads),                   \
       (x, dout, dx, n, num_threads))                                                                               \
@@ -74,6 +91,16 @@ typedef struct {
 #define CLLM_ISA_NAME(name) ISA_FN(cllm_##name)
 CLLM_ISA_KERNELS(CLLM_DECLARE)
 #undef CLLM_ISA_NAME
+
+/* Pieces of kernels that one thread runs, for decode.c's single parallel region (per ISA, not dispatched). */
+/* linear_forward_packed's part `part` of `parts` (see matmul.c); cols: the output columns it wrote, [c0, c1). */
+void ISA_FN(cllm_linear_packed_part)(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                                     int64_t N, int64_t part, int64_t parts, int64_t cols[2]);
+/* attention_decode's unit u = (row u / NH, head u % NH); scratch: CLLM_DECODE_UNIT_SCRATCH(hs) floats. */
+#define CLLM_DECODE_UNIT_SCRATCH(hs) (64 + (hs))
+void ISA_FN(cllm_attention_decode_unit)(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                                        const int32_t *pos, int64_t C, int64_t NH, int64_t Tk, int64_t u,
+                                        float *scratch);
 #endif
 
 #endif

@@ -337,3 +337,123 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
     if (!err && db) err = bias_backward(dy, db, M, N, accumulate, num_threads);
     return err;
 }
+
+/* ---- linear_forward_packed: y = x·wᵀ + b for a few rows (the decode step), weights packed once ------------------
+ * wp (ceil(N/CLLM_PANEL), K, CLLM_PANEL): wp[p][k][c] = w[p·PANEL + c][k], zero past N, so each panel of PANEL
+ * output columns streams from memory once, in order, for all M rows: one pass over the weights per step, which is
+ * what bounds a decode step. Threads own contiguous ranges of panels (columns): no sum is split.
+ * y[m,n] is the GEMM's chain exactly: per KC block of k, FMAs from 0 in k order, the block sums added in order to
+ * the bias (or nothing) and then to the running total; so a row has the bits linear_forward gives it in any batch. */
+#define PANEL CLLM_PANEL
+#define PV (PANEL / VW) /* vectors per panel row */
+#if VW == 16
+#define PR 4 /* rows × panels per tile: 4 × 3 × 2 = 24 accumulators of 32 zmm */
+#define PG 3
+#elif VW == 8
+#define PR 3 /* 3 × 1 × 4 = 12 accumulators of 16 ymm */
+#define PG 1
+#else
+#define PR 1
+#define PG 1
+#endif
+#define MIN_PART_FMAS 16384 /* a thread's least share of the work: less costs more to hand out than it saves */
+#if defined(_MSC_VER)
+#define ALWAYS_INLINE __forceinline
+#else
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#endif
+
+/* y[r, c] for r < rows, c < ncols (<= panels·PANEL) over all of K; rows and panels are constants where it is
+ * called, so the accumulators live in registers.   x rows K apart, y rows ldy apart, panels K·PANEL apart. */
+static ALWAYS_INLINE void packed_tile(const float *x, int64_t K, const float *wp, const float *bias, float *y,
+                                      int64_t ldy, int64_t ncols, const int rows, const int panels)
+{
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        int64_t kend = cllm_min(K, k0 + KC);
+        vec acc[PR][PG * PV];
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < panels * PV; j++) acc[r][j] = vzero();
+        for (int64_t k = k0; k < kend; k++) {
+            vec w[PG * PV];
+            for (int p = 0; p < panels; p++)
+                for (int v = 0; v < PV; v++) w[p * PV + v] = vloadu(wp + p * K * PANEL + k * PANEL + v * VW);
+            for (int r = 0; r < rows; r++) {
+                vec xr = vset1(x[r * K + k]);
+                for (int j = 0; j < panels * PV; j++) acc[r][j] = vfmadd(xr, w[j], acc[r][j]);
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < panels * PV; j++) {
+                int64_t c = (int64_t)j * VW;
+                float *yc = y + r * ldy + c;
+                if (c + VW <= ncols) {
+                    vec v = acc[r][j];
+                    if (k0 > 0) v = vadd(vloadu(yc), v);
+                    else if (bias) v = vadd(v, vloadu(bias + c));
+                    vstoreu(yc, v);
+                } else if (c < ncols) { /* the ragged last columns, as the GEMM's edge_kernel adds them */
+                    _Alignas(CLLM_ALIGN) float t[VW];
+                    vstoreu(t, acc[r][j]);
+                    for (int64_t u = 0; u < ncols - c; u++)
+                        yc[u] = k0 > 0 ? yc[u] + t[u] : (bias ? t[u] + bias[c + u] : t[u]);
+                }
+            }
+    }
+}
+
+#define PACKED_TILE(R, P) packed_tile(x, K, wp, bias, y, ldy, ncols, R, P)
+#if PR == 4
+#define PACKED_ROWS_CASES(P)                                                                                      \
+    case 1: PACKED_TILE(1, P); break;                                                                             \
+    case 2: PACKED_TILE(2, P); break;                                                                             \
+    case 3: PACKED_TILE(3, P); break;                                                                             \
+    default: PACKED_TILE(4, P); break;
+#elif PR == 3
+#define PACKED_ROWS_CASES(P)                                                                                      \
+    case 1: PACKED_TILE(1, P); break;                                                                             \
+    case 2: PACKED_TILE(2, P); break;                                                                             \
+    default: PACKED_TILE(3, P); break;
+#else
+#define PACKED_ROWS_CASES(P) default: PACKED_TILE(1, P); break;
+#endif
+
+/* One tile of `rows` (<= PR) rows and `panels` (PG, or 1 for the last few) panels. */
+static void packed_tiles(const float *x, int64_t K, const float *wp, const float *bias, float *y, int64_t ldy,
+                         int64_t ncols, int rows, int panels)
+{
+    if (panels == PG) {
+        switch (rows) { PACKED_ROWS_CASES(PG) }
+    } else {
+        switch (rows) { PACKED_ROWS_CASES(1) }
+    }
+}
+
+/* Part `part` of `parts` of linear_forward_packed: the columns of panels [P·part/parts, P·(part+1)/parts) for all
+ * M rows; returns that range's first and last column (c0, c1) in *cols. What one thread does, here or in
+ * decode.c's single parallel region. */
+void ISA_FN(cllm_linear_packed_part)(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                                     int64_t N, int64_t part, int64_t parts, int64_t cols[2])
+{
+    int64_t P = cllm_ceil_div(N, PANEL), p_end = P * (part + 1) / parts, p = P * part / parts;
+    cols[0] = cllm_min(N, p * PANEL), cols[1] = cllm_min(N, p_end * PANEL);
+    while (p < p_end) { /* a group of panels stays in L2 while every row uses it */
+        int panels = p + PG <= p_end ? PG : 1;
+        for (int64_t r = 0; r < M; r += PR)
+            packed_tiles(x + r * K, K, wp + p * K * PANEL, b ? b + p * PANEL : NULL, y + r * N + p * PANEL, N,
+                         cllm_min(N - p * PANEL, panels * PANEL), (int)cllm_min(PR, M - r), panels);
+        p += panels;
+    }
+}
+
+int ISA_FN(cllm_linear_forward_packed)(const float *x, const float *wp, const float *b, float *y, int64_t M,
+                                       int64_t K, int64_t N, int num_threads)
+{
+    int64_t P = cllm_ceil_div(N, PANEL), work = cllm_ceil_div(M * N * K, MIN_PART_FMAS);
+    int64_t parts = cllm_max(1, cllm_min(cllm_min(num_threads, P), work));
+#pragma omp parallel for num_threads((int)parts) schedule(static)
+    for (int64_t t = 0; t < parts; t++) {
+        int64_t cols[2];
+        ISA_FN(cllm_linear_packed_part)(x, wp, b, y, M, K, N, t, parts, cols);
+    }
+    return 0;
+}

@@ -7,6 +7,8 @@
  *   vec            one SIMD register of VW floats
  *   vload/vstore   aligned 64-byte packed buffers only; vloadu/vstoreu for anything else
  *   vfmadd(a,b,c)  a*b + c (fused where the ISA has FMA, so results differ between ISAs, never between runs)
+ *   sfmadd(a,b,c)  the same for one float, fused exactly when vfmadd is (never left to the compiler's contraction,
+ *                  so that two kernels meant to give the same bits do)
  *   vhsum/vhmax    horizontal sum / max of one register, in a fixed order
  *   vexp           e^x (polynomial; see below)
  */
@@ -40,6 +42,10 @@ typedef __m512 vec;
 #define vhsum(a) _mm512_reduce_add_ps(a)
 #define vhmax(a) _mm512_reduce_max_ps(a)
 static inline vec vexp2i(vec n, vec p) { return _mm512_scalef_ps(p, n); } /* p·2^n, n integral */
+static inline float sfmadd(float a, float b, float c)
+{
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
 
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -69,6 +75,10 @@ static inline float vhmax(vec a)
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+static inline float sfmadd(float a, float b, float c)
+{
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
 }
 static inline vec vexp2i(vec n, vec p)
 {
@@ -103,6 +113,10 @@ static inline float vhmax(vec s)
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
+static inline float sfmadd(float a, float b, float c)
+{
+    return _mm_cvtss_f32(_mm_add_ss(_mm_mul_ss(_mm_set_ss(a), _mm_set_ss(b)), _mm_set_ss(c)));
+}
 static inline vec vexp2i(vec n, vec p)
 {
     __m128i e = _mm_slli_epi32(_mm_add_epi32(_mm_cvtps_epi32(n), _mm_set1_epi32(127)), 23);
@@ -128,6 +142,7 @@ typedef float vec;
 #define vfmadd(a, b, c) ((a) * (b) + (c))
 #define vhsum(a) (a)
 #define vhmax(a) (a)
+#define sfmadd(a, b, c) vfmadd(a, b, c)
 static inline vec vexp2i(vec n, vec p) { return ldexpf(p, (int)n); }
 #endif
 

@@ -3,6 +3,8 @@ architecture, so that cllm's weights load into it and the two can be compared an
 
 Pre-LayerNorm (eps 1e-5), learned positions, GELU tanh approximation, q/k/v as consecutive thirds of c_attn's
 output with heads contiguous, causal scaled-dot-product attention, output head tied to the token embedding.
+``forward_cached`` is its inference path with a KV cache (preallocated per layer, as HF's StaticCache): prefill a
+prompt, then one token at a time, the logits of the last position only.
 """
 
 from __future__ import annotations
@@ -22,11 +24,20 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(C, 3 * C)
         self.c_proj = nn.Linear(C, C)
 
-    def forward(self, x):
+    def forward(self, x, cache=None, pos=0):
+        """cache: None, or this layer's (k, v) [B, NH, Tmax, hs] holding positions < pos; x's T tokens are stored at
+        pos .. pos+T-1 and attend to everything up to themselves."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C); head h is columns h·hs .. (h+1)·hs
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, NH, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is not None:
+            if T > 1 and pos > 0:
+                raise NotImplementedError("CausalSelfAttention: several new tokens after cached ones")
+            cache[0][:, :, pos:pos + T] = k
+            cache[1][:, :, pos:pos + T] = v
+            k, v = cache[0][:, :, :pos + T], cache[1][:, :, :pos + T]
+        # causal within a prompt; a single new token sees every cached one (is_causal would hide them)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -49,8 +60,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(C, eps=1e-5)
         self.mlp = MLP(C, hidden)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None, pos=0):
+        x = x + self.attn(self.ln_1(x), cache, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -115,6 +126,24 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+
+    def new_cache(self, batch: int):
+        """Per layer, (k, v) buffers [batch, NH, context_length, hs] for ``forward_cached``."""
+        attn = self.transformer.h[0].attn
+        NH, hs = attn.n_heads, attn.c_attn.in_features // attn.n_heads
+        shape = (batch, NH, self.context_length, hs)
+        return [(torch.zeros(shape), torch.zeros(shape)) for _ in self.transformer.h]
+
+    @torch.inference_mode()
+    def forward_cached(self, idx, cache, pos: int):
+        """Inference with a KV cache: idx (B, T) are the tokens at positions pos .. pos+T-1 (a prompt at pos 0, or one
+        new token per sequence); their keys and values go into cache. Returns the logits (B, V) of the last one."""
+        B, T = idx.shape
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))
+        for block, layer_cache in zip(self.transformer.h, cache):
+            x = block(x, layer_cache, pos)
+        return F.linear(self.transformer.ln_f(x[:, -1]), self.transformer.wte.weight)
 
 
 def make_optimizer(model, lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):

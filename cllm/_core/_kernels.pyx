@@ -2,11 +2,13 @@
 """Raw bindings to the C kernels in csrc/: no validation here (cllm.kernels does it), the GIL released around
 every kernel, num_threads passed through to OpenMP per call."""
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
 cdef extern from "cllm.h" nogil:
     int CLLM_ENOMEM
+    int CLLM_PANEL
     int cllm_openmp_enabled()
     int cllm_openmp_version()
     int cllm_max_threads()
@@ -21,6 +23,8 @@ cdef extern from "cllm.h" nogil:
                             int64_t M, int64_t K, int64_t N, int num_threads)
     int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
                              int64_t M, int64_t K, int64_t N, int accumulate, int num_threads)
+    int cllm_linear_forward_packed(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                                   int64_t N, int num_threads)
     int cllm_embedding_forward(const int32_t *idx, const float *wte, const float *wpe, float *out,
                                int64_t B, int64_t T, int64_t C, int num_threads)
     int cllm_embedding_backward(const float *dout, const int32_t *idx, float *dwte, float *dwpe,
@@ -34,6 +38,35 @@ cdef extern from "cllm.h" nogil:
                                int64_t NH, int num_threads)
     int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse,
                                 float *dqkv, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads)
+    int cllm_attention_decode(const float *qkv, float *kcache, float *vcache, float *out, const int32_t *slot,
+                              const int32_t *pos, int64_t M, int64_t C, int64_t NH, int64_t Tk, int num_threads)
+    int cllm_attention_cache_store(const float *qkv, float *kcache, float *vcache, int64_t slot, int64_t T,
+                                   int64_t C, int64_t NH, int64_t Tk, int num_threads)
+    ctypedef struct cllm_gpt_layer:
+        const float *ln1_w
+        const float *ln1_b
+        const float *attn_wp
+        const float *attn_b
+        const float *attn_proj_wp
+        const float *attn_proj_b
+        const float *ln2_w
+        const float *ln2_b
+        const float *fc_wp
+        const float *fc_b
+        const float *fc_proj_wp
+        const float *fc_proj_b
+        float *kcache
+        float *vcache
+    ctypedef struct cllm_gpt:
+        int64_t V, C, H, NH, L, S, Tk, Tctx
+        const float *wte
+        const float *wpe
+        const float *lnf_w
+        const float *lnf_b
+        const float *head_wp
+        const cllm_gpt_layer *layers
+    int cllm_gpt_decode_step(const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos,
+                             int64_t M, float *scratch, float *logits, int num_threads)
     int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads)
     int cllm_gelu_backward(const float *x, const float *dout, float *dx, int64_t n, int num_threads)
     int cllm_residual_forward(const float *a, const float *b, float *out, int64_t n, int num_threads)
@@ -49,6 +82,9 @@ cdef inline int _check(int err, str name) except -1:
     if err == CLLM_ENOMEM:
         raise MemoryError(f"{name}: could not allocate scratch memory")
     return 0
+
+
+PANEL = CLLM_PANEL  # output columns per panel of linear_forward_packed's weights
 
 
 def build_info():
@@ -96,6 +132,14 @@ def linear_backward(const float[:, ::1] dy, const float[:, ::1] x, const float[:
         err = cllm_linear_backward(&dy[0, 0], &x[0, 0], &w[0, 0], dxp, dwp, dbp,
                                    x.shape[0], x.shape[1], w.shape[0], accumulate, num_threads)
     _check(err, "linear_backward")
+
+
+def linear_forward_packed(const float[:, ::1] x, const float[:, :, ::1] wp, const float[::1] b, float[:, ::1] y,
+                          int num_threads):
+    cdef const float *bp = &b[0] if b is not None else NULL
+    with nogil:
+        cllm_linear_forward_packed(&x[0, 0], &wp[0, 0, 0], bp, &y[0, 0], x.shape[0], x.shape[1], y.shape[1],
+                                   num_threads)
 
 
 # The model's layers. Arrays arrive checked (cllm.kernels): C-contiguous, right dtype and shapes, non-empty.
@@ -152,6 +196,83 @@ def attention_backward(const float[:, :, ::1] dout, const float[:, :, ::1] qkv, 
         err = cllm_attention_backward(&dout[0, 0, 0], &qkv[0, 0, 0], &out[0, 0, 0], &lse[0, 0, 0], &dqkv[0, 0, 0],
                                       qkv.shape[0], qkv.shape[1], out.shape[2], lse.shape[1], num_threads)
     _check(err, "attention_backward")
+
+
+def attention_decode(const float[:, ::1] qkv, float[:, :, :, ::1] kcache, float[:, :, :, ::1] vcache,
+                     float[:, ::1] out, const int32_t[::1] slot, const int32_t[::1] pos, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_attention_decode(&qkv[0, 0], &kcache[0, 0, 0, 0], &vcache[0, 0, 0, 0], &out[0, 0], &slot[0],
+                                    &pos[0], qkv.shape[0], out.shape[1], kcache.shape[1], kcache.shape[3],
+                                    num_threads)
+    _check(err, "attention_decode")
+
+
+def attention_cache_store(const float[:, ::1] qkv, float[:, :, :, ::1] kcache, float[:, :, :, ::1] vcache,
+                          int64_t slot, int num_threads):
+    with nogil:
+        cllm_attention_cache_store(&qkv[0, 0], &kcache[0, 0, 0, 0], &vcache[0, 0, 0, 0], slot, qkv.shape[0],
+                                   qkv.shape[1] // 3, kcache.shape[1], kcache.shape[3], num_threads)
+
+
+cdef const float *_data(a) except NULL:
+    """The first float of a C-contiguous float32 array (which the caller keeps alive)."""
+    cdef const float[::1] flat = a.reshape(-1)
+    return &flat[0]
+
+
+cdef float *_data_w(a) except NULL:
+    cdef float[::1] flat = a.reshape(-1)
+    return &flat[0]
+
+
+cdef class GptDecodeStep:
+    """A whole GPT's decode step (csrc/decode.c) over arrays checked by cllm.kernels.GptDecodeStep, which also keeps
+    them alive: this object holds only their addresses, and int32 buffers for a step's ids, slots and positions."""
+    cdef cllm_gpt g
+    cdef cllm_gpt_layer *layers
+    cdef int32_t *rows  # ids, slots, positions: 3 × max_rows
+    cdef int64_t max_rows
+    cdef float[::1] scratch
+    cdef float[:, ::1] logits
+
+    def __cinit__(self, dict sizes, dict weights, list layers, int64_t max_rows, float[:, ::1] logits):
+        self.layers = <cllm_gpt_layer *> PyMem_Malloc(len(layers) * sizeof(cllm_gpt_layer))
+        self.rows = <int32_t *> PyMem_Malloc(3 * max_rows * sizeof(int32_t))
+        if self.layers == NULL or self.rows == NULL:
+            raise MemoryError("GptDecodeStep: could not allocate its tables")
+        self.max_rows, self.logits = max_rows, logits
+        for i, w in enumerate(layers):
+            self.layers[i] = cllm_gpt_layer(
+                ln1_w=_data(w["ln_1"][0]), ln1_b=_data(w["ln_1"][1]),
+                attn_wp=_data(w["attn.c_attn"][0]), attn_b=_data(w["attn.c_attn"][1]),
+                attn_proj_wp=_data(w["attn.c_proj"][0]), attn_proj_b=_data(w["attn.c_proj"][1]),
+                ln2_w=_data(w["ln_2"][0]), ln2_b=_data(w["ln_2"][1]),
+                fc_wp=_data(w["mlp.c_fc"][0]), fc_b=_data(w["mlp.c_fc"][1]),
+                fc_proj_wp=_data(w["mlp.c_proj"][0]), fc_proj_b=_data(w["mlp.c_proj"][1]),
+                kcache=_data_w(w["kcache"]), vcache=_data_w(w["vcache"]))
+        self.g = cllm_gpt(V=sizes["V"], C=sizes["C"], H=sizes["H"], NH=sizes["NH"], L=len(layers), S=sizes["S"],
+                          Tk=sizes["Tk"], Tctx=sizes["Tctx"], wte=_data(weights["wte"]), wpe=_data(weights["wpe"]),
+                          lnf_w=_data(weights["ln_f"][0]), lnf_b=_data(weights["ln_f"][1]),
+                          head_wp=_data(weights["head"]), layers=self.layers)
+
+    def __dealloc__(self):
+        PyMem_Free(self.layers)
+        PyMem_Free(self.rows)
+
+    def set_scratch(self, float[::1] scratch):
+        self.scratch = scratch
+
+    def step(self, list ids, list slot, list pos, int num_threads):
+        """ids, slot, pos: lists of M <= max_rows ints, checked; the logits go to rows 0 .. M-1 of ``logits``."""
+        cdef int64_t m, M = len(ids), R = self.max_rows
+        cdef int err
+        for m in range(M):
+            self.rows[m], self.rows[R + m], self.rows[2 * R + m] = ids[m], slot[m], pos[m]
+        with nogil:
+            err = cllm_gpt_decode_step(&self.g, self.rows, self.rows + R, self.rows + 2 * R, M, &self.scratch[0],
+                                       &self.logits[0, 0], num_threads)
+        _check(err, "gpt_decode_step")
 
 
 def gelu_forward(const float[::1] x, float[::1] out, int num_threads):
