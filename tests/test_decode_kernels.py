@@ -7,20 +7,9 @@ import pytest
 import reference as R
 from cllm import kernels
 
-from conftest import THREAD_COUNTS, rel_err
+from conftest import f32, rel_err, same_for_every_thread_count
 
 TOL = 1e-5
-
-
-def f32(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def same_for_every_thread_count(run):
-    first = run(THREAD_COUNTS[0])
-    for nt in THREAD_COUNTS[1:]:
-        for a, b in zip(first, run(nt)):
-            assert np.array_equal(a, b, equal_nan=True), f"differs at num_threads={nt}"
 
 
 def test_pack_linear_weights_layout(rng):
@@ -45,7 +34,8 @@ def test_linear_forward_packed(isa, rng, M, K, N, bias):
     assert rel_err(y, ref) <= TOL
     np.testing.assert_array_equal(y, kernels.linear_forward(x, w, b))  # the GEMM's bits, row by row
     np.testing.assert_array_equal(y[-1:], kernels.linear_forward_packed(x[-1:], wp, b, n=N))  # any M
-    same_for_every_thread_count(lambda nt: (kernels.linear_forward_packed(x, wp, b, n=N, num_threads=nt),))
+    same_for_every_thread_count(lambda nt: (kernels.linear_forward_packed(x, wp, b, n=N, num_threads=nt),),
+                                equal_nan=True)
 
 
 def test_linear_forward_packed_empty_and_errors(rng):
@@ -120,7 +110,7 @@ def test_attention_decode_batch_and_threads(isa, rng):
     for m, q in enumerate(seqs):
         full, _ = kernels.attention_forward(q[None], NH)
         np.testing.assert_array_equal(out[m], full[0, -1])
-    same_for_every_thread_count(run)
+    same_for_every_thread_count(run, equal_nan=True)
 
 
 def test_attention_decode_rejects_bad_input(rng):
@@ -174,7 +164,7 @@ def test_gpt_decode_step(isa, rng):
     logits = run(1)[0]
     for b, s in enumerate(seqs):
         np.testing.assert_array_equal(logits[b], model.forward(s[None])[0, -1])
-    same_for_every_thread_count(run)
+    same_for_every_thread_count(run, equal_nan=True)
     np.testing.assert_array_equal(step(np.array(ids[1:2]), [1], pos[1:2])[0], logits[1])  # any integer sequences
     with pytest.raises(ValueError, match=r"GptDecodeStep: ids must be integers in \[0, 70\) \(got \[70\]\)"):
         step([70], [0], [0])

@@ -6,21 +6,9 @@ import pytest
 import reference as R
 from cllm import kernels
 
-from conftest import THREAD_COUNTS, rel_err
+from conftest import THREAD_COUNTS, f32, rel_err, same_for_every_thread_count
 
 TOL = 1e-5
-
-
-def f32(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def same_for_every_thread_count(run):
-    """run(nt) -> tuple of arrays; equal bits for every thread count."""
-    first = run(THREAD_COUNTS[0])
-    for nt in THREAD_COUNTS[1:]:
-        for a, b in zip(first, run(nt)):
-            assert np.array_equal(a, b), f"differs at num_threads={nt}"
 
 
 @pytest.mark.parametrize("B,T,C,V", [(1, 1, 1, 1), (2, 7, 33, 11), (3, 64, 256, 500)])
