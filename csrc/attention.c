@@ -49,6 +49,14 @@ static void transpose_rows(const float *src, int64_t ld, int64_t T, int64_t hs, 
         for (int64_t j = T; j < Tp; j++) dst[d * Tp + j] = 0.0f;
 }
 
+/* dst[j][:] = src[j·ld : j·ld + hs] for j < T.   src rows (T,hs) ld apart -> dst (T,hs) contiguous
+ * The rows of one head lie 3C floats apart in qkv: read again and again with that stride they fall into a few
+ * L1 sets and evict each other, so a head's K and V rows are read (and dK, dV summed) in contiguous copies. */
+static void copy_rows(const float *src, int64_t ld, int64_t T, int64_t hs, float *dst)
+{
+    for (int64_t j = 0; j < T; j++) memcpy(dst + j * hs, src + j * ld, sizeof(float) * (size_t)hs);
+}
+
 /* s[r][jj] = scale · Σ_d a_r[d]·bt[d][j0+jj] for r < QR, jj < nkv (a multiple of VW).
  * a: QR rows of length hs (rows past the tile repeat the last one); bt (hs,Tp); s (QR,KB). */
 static void tile_scores(const float *a[QR], const float *bt, int64_t Tp, int64_t hs, int64_t j0, int64_t nkv,
@@ -179,11 +187,13 @@ static void normalise_row(const float *acc, float l, int64_t hs, float *out)
     for (int64_t d = 0; d < hs; d++) out[d] = acc[d] * inv;
 }
 
-/* For one head: out rows (ldo apart) and lse (T). Scratch: kt (hs,Tp), s (QR,KB), acc (QR,hs). */
-static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, float *kt, float *s, float *acc)
+/* For one head: out rows (ldo apart) and lse (T). Scratch: kt (hs,Tp), vr (T,hs), s (QR,KB), acc (QR,hs). */
+static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, float *kt, float *vr, float *s,
+                         float *acc)
 {
     int64_t T = h->T, hs = h->hs;
     transpose_rows(h->k, h->ld, T, hs, h->Tp, kt);
+    copy_rows(h->v, h->ld, T, hs, vr);
     for (int64_t i0 = 0; i0 < T; i0 += QR) {
         int64_t nr = cllm_min(QR, T - i0), kend = i0 + nr;
         float m[QR], l[QR];
@@ -198,7 +208,7 @@ static void head_forward(const head_t *h, float *out, int64_t ldo, float *lse, f
                 softmax_block_row(s + r * KB, cllm_max(0, cllm_min(nk, i0 + r - j0 + 1)), &m[r], &l[r],
                                   acc + r * hs, hs);
             for (int64_t r = nr; r < QR; r++) memset(s + r * KB, 0, sizeof(float) * KB);
-            tile_weighted_rows(s, h->v + j0 * h->ld, h->ld, nk, hs, acc);
+            tile_weighted_rows(s, vr + j0 * hs, hs, nk, hs, acc);
         }
         for (int64_t r = 0; r < nr; r++) {
             normalise_row(acc + r * hs, l[r], hs, out + (i0 + r) * ldo);
@@ -214,8 +224,8 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *kt = cllm_alloc(sizeof(float) * (hs * Tp + QR * KB + QR * hs)); /* one block per thread */
-        float *s = kt ? kt + hs * Tp : NULL, *acc = kt ? s + QR * KB : NULL;
+        float *kt = cllm_alloc(sizeof(float) * (hs * Tp + T * hs + QR * KB + QR * hs)); /* one block per thread */
+        float *vr = kt ? kt + hs * Tp : NULL, *s = kt ? vr + T * hs : NULL, *acc = kt ? s + QR * KB : NULL;
         int ok = kt != NULL;
         if (!ok) {
 #pragma omp atomic write
@@ -226,7 +236,7 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
             if (!ok) continue;
             int64_t b = u / NH, hh = u % NH;
             head_t h = head_of(qkv, b, hh, T, C, NH);
-            head_forward(&h, out + b * T * C + hh * hs, C, lse + u * T, kt, s, acc);
+            head_forward(&h, out + b * T * C + hh * hs, C, lse + u * T, kt, vr, s, acc);
         }
         cllm_free(kt);
     }
@@ -255,18 +265,18 @@ static void tile_outer_add(const float *w, const float *src[QR], int64_t nk, int
         }
 }
 
-/* For one head: dq, dk, dv rows (ldd apart, overwritten). Scratch: kt, vt (hs,Tp), p, ds (QR,KB), dqa (QR,hs). */
+/* For one head: dq, dk, dv rows (ldd apart, overwritten). Scratch: kt, vt (hs,Tp); kr, dkr, dvr (T,hs);
+ * p, ds (QR,KB); dqa (QR,hs). */
 static void head_backward(const head_t *h, const float *dout, const float *out, int64_t ldo, const float *lse,
-                          float *dq, float *dk, float *dv, int64_t ldd, float *kt, float *vt, float *p, float *ds,
-                          float *dqa)
+                          float *dq, float *dk, float *dv, int64_t ldd, float *kt, float *vt, float *kr, float *dkr,
+                          float *dvr, float *p, float *ds, float *dqa)
 {
     int64_t T = h->T, hs = h->hs;
     transpose_rows(h->k, h->ld, T, hs, h->Tp, kt);
     transpose_rows(h->v, h->ld, T, hs, h->Tp, vt);
-    for (int64_t j = 0; j < T; j++) {
-        memset(dk + j * ldd, 0, sizeof(float) * hs);
-        memset(dv + j * ldd, 0, sizeof(float) * hs);
-    }
+    copy_rows(h->k, h->ld, T, hs, kr);
+    memset(dkr, 0, sizeof(float) * (size_t)(T * hs));
+    memset(dvr, 0, sizeof(float) * (size_t)(T * hs));
     for (int64_t i0 = 0; i0 < T; i0 += QR) {
         int64_t nr = cllm_min(QR, T - i0), kend = i0 + nr;
         const float *q[QR], *dov[QR];
@@ -309,11 +319,15 @@ static void head_backward(const head_t *h, const float *dout, const float *out, 
                 }
                 for (jj = valid; jj < KB; jj++) pr[jj] = dsr[jj] = 0.0f;
             }
-            tile_outer_add(p, dov, nk, hs, dv + j0 * ldd, ldd);         /* dV_j += Σ_i P_ij dout_i */
-            tile_outer_add(ds, q, nk, hs, dk + j0 * ldd, ldd);          /* dK_j += Σ_i dS_ij q_i·scale */
-            tile_weighted_rows(ds, h->k + j0 * h->ld, h->ld, nk, hs, dqa); /* dQ_i += Σ_j dS_ij k_j·scale */
+            tile_outer_add(p, dov, nk, hs, dvr + j0 * hs, hs);     /* dV_j += Σ_i P_ij dout_i */
+            tile_outer_add(ds, q, nk, hs, dkr + j0 * hs, hs);      /* dK_j += Σ_i dS_ij q_i·scale */
+            tile_weighted_rows(ds, kr + j0 * hs, hs, nk, hs, dqa); /* dQ_i += Σ_j dS_ij k_j·scale */
         }
         for (int64_t r = 0; r < nr; r++) memcpy(dq + (i0 + r) * ldd, dqa + r * hs, sizeof(float) * hs);
+    }
+    for (int64_t j = 0; j < T; j++) {
+        memcpy(dk + j * ldd, dkr + j * hs, sizeof(float) * (size_t)hs);
+        memcpy(dv + j * ldd, dvr + j * hs, sizeof(float) * (size_t)hs);
     }
 }
 
@@ -324,8 +338,9 @@ int ISA_FN(cllm_attention_backward)(const float *dout, const float *qkv, const f
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *kt = cllm_alloc(sizeof(float) * (2 * hs * Tp + 2 * QR * KB + QR * hs)); /* one block per thread */
-        float *vt = kt ? kt + hs * Tp : NULL, *p = kt ? vt + hs * Tp : NULL;
+        float *kt = cllm_alloc(sizeof(float) * (2 * hs * Tp + 3 * T * hs + 2 * QR * KB + QR * hs)); /* per thread */
+        float *vt = kt ? kt + hs * Tp : NULL, *kr = kt ? vt + hs * Tp : NULL, *dkr = kt ? kr + T * hs : NULL;
+        float *dvr = kt ? dkr + T * hs : NULL, *p = kt ? dvr + T * hs : NULL;
         float *ds = kt ? p + QR * KB : NULL, *dqa = kt ? ds + QR * KB : NULL;
         int ok = kt != NULL;
         if (!ok) {
@@ -339,7 +354,8 @@ int ISA_FN(cllm_attention_backward)(const float *dout, const float *qkv, const f
             head_t h = head_of(qkv, b, hh, T, C, NH);
             float *dbase = dqkv + b * T * 3 * C + hh * hs;
             const float *ob = out + b * T * C + hh * hs, *dob = dout + b * T * C + hh * hs;
-            head_backward(&h, dob, ob, C, lse + u * T, dbase, dbase + C, dbase + 2 * C, 3 * C, kt, vt, p, ds, dqa);
+            head_backward(&h, dob, ob, C, lse + u * T, dbase, dbase + C, dbase + 2 * C, 3 * C, kt, vt, kr, dkr, dvr,
+                          p, ds, dqa);
         }
         cllm_free(kt);
     }
