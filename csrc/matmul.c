@@ -37,6 +37,7 @@
 #define KC 256     /* K block: fixed, it decides the order of the K sum */
 #define MC 192     /* rows of A packed at a time: a multiple of every MR */
 #define PACK_GROUP 96 /* rows of a transposed A packed together: whole 64-byte lines and MR panels (measured) */
+#define PACK_AHEAD 16 /* rows of a transposed A prefetched ahead of the packing */
 #define NC_MAX 512 /* columns of B packed at a time: KC×NC_MAX floats = 512 KiB fit in L2 */
 
 /* The sums over M of linear_backward (dw, db) are cut into chunks of rows computed in parallel and added up the
@@ -105,7 +106,10 @@ static void pack_A(const gemm_t *g, int64_t i0, int64_t mc, int64_t k0, int64_t 
         }
     } else { /* columns of A contiguous (Aᵀ given): PACK_GROUP rows (whole cache lines) of each column at a time */
         for (int64_t p0 = 0; p0 < mc; p0 += PACK_GROUP)
-            for (int64_t k = 0; k < kc; k++)
+            for (int64_t k = 0; k < kc; k++) {
+                if (g->rsa == 1 && k + PACK_AHEAD < kc) /* rows far apart: hardware prefetch does not see them */
+                    for (int64_t p = p0; p < cllm_min(mc, p0 + PACK_GROUP); p += 16)
+                        cllm_prefetch(a + p + (k + PACK_AHEAD) * g->csa);
                 for (int64_t p = p0; p < cllm_min(mc, p0 + PACK_GROUP); p += MR) {
                     float *dst = Ap + p * kc + k * MR;
                     const float *src = a + p * g->rsa + k * g->csa;
@@ -114,6 +118,7 @@ static void pack_A(const gemm_t *g, int64_t i0, int64_t mc, int64_t k0, int64_t 
                     else
                         for (int64_t r = 0; r < rows; r++) dst[r] = src[r * g->rsa];
                 }
+            }
     }
     int64_t padded = cllm_round_up(mc, MR);
     for (int64_t i = mc; i < padded; i++)
@@ -151,6 +156,9 @@ static void micro_kernel(int64_t kc, const float *restrict Ap, const float *rest
     vec acc[MR][NV];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NV; j++) acc[i][j] = vzero();
+    if (mode == ACCUMULATE) /* C was written a KC block ago and has left L1 and L2: fetch it during the FMAs */
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j += 16) cllm_prefetch(C + i * ldc + j);
     for (int64_t k = 0; k < kc; k++, Ap += MR, Bp += NR) {
         vec b[NV];
         for (int j = 0; j < NV; j++) b[j] = vload(Bp + j * VW);

@@ -38,6 +38,14 @@ static inline void cllm_free(void *p)
 #endif
 }
 
+/* A hint to bring the cache line holding p into the caches for writing; no effect on results. */
+#if defined(_MSC_VER)
+#include <intrin.h>
+#define cllm_prefetch(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#else
+#define cllm_prefetch(p) __builtin_prefetch((p), 1, 3)
+#endif
+
 static inline int64_t cllm_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t cllm_round_up(int64_t a, int64_t b) { return cllm_ceil_div(a, b) * b; }
 static inline int64_t cllm_min(int64_t a, int64_t b) { return a < b ? a : b; }
