@@ -8,6 +8,7 @@
   rely on the pre-tokenizer only through its own oracle.
 """
 
+import gc
 import random
 import sysconfig
 import time
@@ -360,6 +361,17 @@ def test_encode_batch_equals_encode(trained, corpus, num_threads):
     got = enc.encode_batch(docs, num_threads)
     assert len(got) == len(docs)
     assert [g.tolist() for g in got] == want
+
+
+def test_encode_batch_arrays_outlive_the_batch(trained, corpus):
+    # the arrays are views into one buffer per thread: each must keep its buffer alive on its own
+    _, enc = trained
+    docs = corpus[:40]
+    want = enc.encode(docs[7]).tolist()
+    kept = enc.encode_batch(docs, 3)[7]
+    gc.collect()
+    enc.encode_batch(docs, 3)  # would reuse the buffer's memory, were it freed
+    assert kept.dtype == np.uint32 and kept.tolist() == want
 
 
 def test_encode_concurrent_python_threads(trained, corpus):

@@ -72,6 +72,12 @@ def test_encode_batch_equals_encode(tok, texts):
         assert [a.tolist() for a in tok.encode_batch_to_arrays(texts, num_threads=nt)] == expected
 
 
+def test_encode_batch_lone_surrogate_and_special_text(tok):
+    # str is read in place as UTF-8; a lone surrogate has no UTF-8 form and takes the surrogatepass copy
+    texts = ["ab\ud800cd", "plain", "x<|endoftext|>y"]
+    assert tok.encode_batch(texts, allowed_special="all") == [tok.encode(t, "all") for t in texts]
+
+
 def test_special_tokens(tok):
     text = "a<|endoftext|>b"
     with pytest.raises(ValueError, match="special token '<|endoftext|>' at offset 1"):

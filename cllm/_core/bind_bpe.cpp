@@ -92,6 +92,17 @@ struct PyEncoder {
     std::unique_ptr<Encoder> encoder;
     Pattern pattern;
     std::string pattern_name;
+    std::vector<py::object> ints;  // the Python int of every id, made once (encode_batch_lists)
+
+    // encode_batch() of a sequence of bytes/str, the GIL released while it runs.
+    Encoder::BatchIds encode_texts(const char *where, const py::handle &texts, long long num_threads)
+    {
+        check_threads(where, num_threads);
+        std::vector<py::object> keep;
+        std::vector<std::string_view> docs = texts_arg(where, texts, keep);
+        py::gil_scoped_release release;
+        return encoder->encode_batch(docs, pattern, int(num_threads));
+    }
 };
 
 std::vector<Merge> merges_arg(const py::handle &merges)
@@ -259,20 +270,39 @@ void bind_bpe(py::module_ &m)
         .def(
             "encode_batch",
             [](PyEncoder &self, const py::handle &texts, long long num_threads) {
-                check_threads("Encoder.encode_batch", num_threads);
-                std::vector<py::object> keep;
-                std::vector<std::string_view> docs = texts_arg("Encoder.encode_batch", texts, keep);
-                std::vector<std::vector<uint32_t>> ids;
-                {
-                    py::gil_scoped_release release;
-                    ids = self.encoder->encode_batch(docs, self.pattern, int(num_threads));
+                Encoder::BatchIds ids = self.encode_texts("Encoder.encode_batch", texts, num_threads);
+                std::vector<py::array_t<uint32_t>> bases;
+                for (std::vector<uint32_t> &b : ids.buffers) bases.push_back(to_array(std::move(b)));
+                py::list out(ids.size.size());
+                for (size_t i = 0; i < ids.size.size(); i++) {
+                    const py::array_t<uint32_t> &base = bases[ids.buffer[i]];
+                    out[i] = py::array_t<uint32_t>({ids.size[i]}, {sizeof(uint32_t)}, base.data() + ids.begin[i], base);
                 }
-                py::list out(ids.size());
-                for (size_t i = 0; i < ids.size(); i++) out[i] = to_array(std::move(ids[i]));
                 return out;
             },
             py::arg("texts"), py::arg("num_threads") = 1,
-            "encode() of each text, texts spread over num_threads threads: a list of uint32 numpy arrays.")
+            "encode() of each text, texts spread over num_threads threads: a list of uint32 numpy arrays (views into "
+            "one buffer per thread, which each keeps alive).")
+        .def(
+            "encode_batch_lists",
+            [](PyEncoder &self, const py::handle &texts, long long num_threads) {
+                Encoder::BatchIds ids = self.encode_texts("Encoder.encode_batch_lists", texts, num_threads);
+                // Building the lists is serial (the GIL): shared int objects make it a reference count per id
+                // instead of an allocation, so that it does not outweigh the parallel encoding.
+                if (self.ints.empty())
+                    for (size_t id = 0; id < self.encoder->vocab_size(); id++) self.ints.push_back(py::int_(id));
+                py::list out(ids.size.size());
+                for (size_t i = 0; i < ids.size.size(); i++) {
+                    const uint32_t *p = ids.buffers[ids.buffer[i]].data() + ids.begin[i];
+                    py::list doc(ids.size[i]);
+                    for (size_t j = 0; j < ids.size[i]; j++)
+                        PyList_SET_ITEM(doc.ptr(), Py_ssize_t(j), self.ints[p[j]].inc_ref().ptr());
+                    out[i] = std::move(doc);
+                }
+                return out;
+            },
+            py::arg("texts"), py::arg("num_threads") = 1,
+            "encode() of each text, texts spread over num_threads threads: a list of lists of ints.")
         .def(
             "encode_piece",
             [](PyEncoder &self, const py::handle &piece) {

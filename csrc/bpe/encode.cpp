@@ -257,16 +257,21 @@ void Encoder::encode(std::string_view text, Pattern pattern, std::vector<uint32_
     release_cache(std::move(cache));
 }
 
-std::vector<std::vector<uint32_t>> Encoder::encode_batch(const std::vector<std::string_view> &docs, Pattern pattern,
-                                                         int num_threads) const
+Encoder::BatchIds Encoder::encode_batch(const std::vector<std::string_view> &docs, Pattern pattern,
+                                        int num_threads) const
 {
     if (num_threads < 1) throw std::invalid_argument("encode_batch: num_threads must be >= 1");
-    std::vector<std::vector<uint32_t>> out(docs.size());
     int nt = int(std::min<size_t>(size_t(num_threads), std::max<size_t>(docs.size(), 1)));
 #ifndef _OPENMP
     nt = 1;
 #endif
-    (void)nt;  // used only by the OpenMP clause
+    BatchIds ids;
+    ids.buffers.resize(size_t(nt));
+    ids.buffer.resize(docs.size());
+    ids.begin.resize(docs.size());
+    ids.size.resize(docs.size());
+    size_t total_bytes = 0;
+    for (std::string_view d : docs) total_bytes += d.size();
     std::exception_ptr error;
     auto record = [&error]() {
 #ifdef _OPENMP
@@ -278,9 +283,16 @@ std::vector<std::vector<uint32_t>> Encoder::encode_batch(const std::vector<std::
 #pragma omp parallel num_threads(nt)
 #endif
     {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num();
+#else
+        const int t = 0;
+#endif
+        std::vector<uint32_t> out;  // the thread's own: vectors side by side in ids.buffers would share cache lines
         std::unique_ptr<PieceCache> cache;
         std::vector<size_t> ends;
         try {
+            out.reserve(total_bytes / (3 * size_t(nt)) + 1024);  // about 3.6 bytes a token: rarely regrown
             cache = acquire_cache();
         } catch (...) {
             record();
@@ -291,15 +303,18 @@ std::vector<std::vector<uint32_t>> Encoder::encode_batch(const std::vector<std::
         for (long long i = 0; i < (long long)docs.size(); i++) {
             if (!cache) continue;
             try {
-                encode_with(docs[i], pattern, out[i], *cache, ends);
+                const size_t at = out.size();
+                encode_with(docs[size_t(i)], pattern, out, *cache, ends);
+                ids.buffer[size_t(i)] = uint32_t(t), ids.begin[size_t(i)] = at, ids.size[size_t(i)] = out.size() - at;
             } catch (...) {  // an exception may not leave an OpenMP region: keep the first, rethrow it after
                 record();
             }
         }
         if (cache) release_cache(std::move(cache));
+        ids.buffers[size_t(t)] = std::move(out);
     }
     if (error) std::rethrow_exception(error);
-    return out;
+    return ids;
 }
 
 void Encoder::decode(const uint32_t *ids, size_t n, std::string &out) const

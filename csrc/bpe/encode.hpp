@@ -50,9 +50,15 @@ class Encoder {
     void encode_piece(std::string_view piece, std::vector<uint32_t> &out) const;
     // Pre-tokenizes text with `pattern` and appends the ids of every piece.
     void encode(std::string_view text, Pattern pattern, std::vector<uint32_t> &out) const;
+    // The ids of many documents. Each thread appends the documents it encodes to one buffer of its own instead of
+    // growing a vector per document (per-document allocations, regrowth copies and page faults do not scale).
+    struct BatchIds {
+        std::vector<std::vector<uint32_t>> buffers;  // one per thread
+        std::vector<uint32_t> buffer;                // document i: buffers[buffer[i]][begin[i] .. begin[i] + size[i])
+        std::vector<size_t> begin, size;
+    };
     // encode() of every document, documents spread over num_threads (>= 1) threads (dynamic schedule).
-    std::vector<std::vector<uint32_t>> encode_batch(const std::vector<std::string_view> &docs, Pattern pattern,
-                                                    int num_threads) const;
+    BatchIds encode_batch(const std::vector<std::string_view> &docs, Pattern pattern, int num_threads) const;
     // Appends the bytes of the ids; throws std::out_of_range for an id >= vocab_size().
     void decode(const uint32_t *ids, size_t n, std::string &out) const;
 
