@@ -256,12 +256,13 @@ class Trainer:
                 st["step"] += 1
                 st["tokens"] += B * T
                 st["last_loss"] = loss
-                rate = B * T / (time.perf_counter() - step_start)
+                rate, now = B * T / (time.perf_counter() - step_start), elapsed()
                 _write(metrics, {"type": "step", "step": st["step"], "epoch": epoch, "tokens": st["tokens"],
-                                 "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": rate,
-                                 "elapsed": elapsed()})
+                                 "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": rate, "elapsed": now})
                 if st["step"] % self.steps_per_epoch == 0:
                     _write(metrics, {"type": "epoch", "epoch": epoch, "step": st["step"], "elapsed": elapsed()})
+                if c.time_budget is not None:  # the bar's end (and so its ETA) where the budget is expected to end
+                    bar.total = min(self.planned, max(st["step"], round(st["step"] * c.time_budget / now)))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
                 if not math.isfinite(loss):
