@@ -10,6 +10,7 @@ import json
 import sys
 
 from ._version import __version__
+from .config import PRESETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,9 +163,9 @@ def _train(args) -> int:
 def _pipeline(args) -> int:
     from .pipeline import PipelineOptions, pipeline, print_summary
 
+    tuned = {k: v for k, v in (("vocab_size", args.vocab_size), ("model", args.model)) if v is not None}
     options = PipelineOptions(sources=tuple(args.source or ()), workdir=args.workdir, budget_minutes=args.budget,
-                              threads=args.threads, vocab_size=args.vocab_size, model=args.model,
-                              progress=not args.quiet)
+                              threads=args.threads, progress=not args.quiet, **tuned)
     print_summary(pipeline(options))
     return 0
 
@@ -396,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "data-parallel (docs/distributed.md).")
     p.add_argument("--data", required=True, metavar="DIR", help="output folder of cllm tokenize")
     p.add_argument("--output", default="model.cllm", metavar="FILE", help="the trained model (default: %(default)s)")
-    p.add_argument("--model", choices=("tiny", "small", "base"), default="small",
+    p.add_argument("--model", choices=tuple(PRESETS), default="small",
                    help="preset size (vocabulary from the data, context = --seq-len; default: %(default)s)")
     p.add_argument("--config", metavar="JSON", help="a JSON file of ModelConfig fields instead of --model")
     p.add_argument("--threads", type=_positive_int, default=None,
@@ -437,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_positive_float, default=15.0, metavar="MINUTES",
                    help="the whole run's time (default: %(default)s)")
     p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--vocab-size", type=_positive_int, default=8192)
-    p.add_argument("--model", choices=("tiny", "small", "base"), default="small")
+    p.add_argument("--vocab-size", type=_positive_int, help="default: the tuned one (8192)")
+    p.add_argument("--model", choices=tuple(PRESETS), help="preset size (default: the tuned one, mini)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_pipeline)
 

@@ -33,9 +33,9 @@ class PipelineOptions:
     budget_minutes: float = 15.0
     threads: int | None = None
     vocab_size: int = 8192
-    model: str = "small"
-    seq_len: int = 256
-    batch_size: int = 16
+    model: str = "mini"
+    seq_len: int = 64
+    batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 50
     max_pages: int = 500  # per crawl, for URL sources
