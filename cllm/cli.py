@@ -11,6 +11,7 @@ import sys
 
 from ._version import __version__
 from .config import PRESETS
+from .pipeline import PipelineOptions  # its defaults are the command's (the module imports little)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,11 +162,11 @@ def _train(args) -> int:
 
 
 def _pipeline(args) -> int:
-    from .pipeline import PipelineOptions, pipeline, print_summary
+    from .pipeline import pipeline, print_summary
 
-    tuned = {k: v for k, v in (("vocab_size", args.vocab_size), ("model", args.model)) if v is not None}
     options = PipelineOptions(sources=tuple(args.source or ()), workdir=args.workdir, budget_minutes=args.budget,
-                              threads=args.threads, progress=not args.quiet, **tuned)
+                              threads=args.threads, vocab_size=args.vocab_size, model=args.model,
+                              progress=not args.quiet)
     print_summary(pipeline(options))
     return 0
 
@@ -438,8 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_positive_float, default=15.0, metavar="MINUTES",
                    help="the whole run's time (default: %(default)s)")
     p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--vocab-size", type=_positive_int, help="default: the tuned one (8192)")
-    p.add_argument("--model", choices=tuple(PRESETS), help="preset size (default: the tuned one, mini)")
+    p.add_argument("--vocab-size", type=_positive_int, default=PipelineOptions.vocab_size,
+                   help="default: the tuned %(default)s")
+    p.add_argument("--model", choices=tuple(PRESETS), default=PipelineOptions.model,
+                   help="preset size (default: the tuned %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_pipeline)
 
