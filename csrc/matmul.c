@@ -38,6 +38,7 @@
 #define MC 192     /* rows of A packed at a time: a multiple of every MR */
 #define PACK_GROUP 96 /* rows of a transposed A packed together: whole 64-byte lines and MR panels (measured) */
 #define PACK_AHEAD 16 /* rows of a transposed A prefetched ahead of the packing */
+#define B_AHEAD 8     /* k steps of a packed B panel prefetched ahead of the micro-kernel */
 #define NC_MAX 512 /* columns of B packed at a time: KC×NC_MAX floats = 512 KiB fit in L2 */
 
 /* The sums over M of linear_backward (dw, db) are cut into chunks of rows computed in parallel and added up the
@@ -161,6 +162,7 @@ static void micro_kernel(int64_t kc, const float *restrict Ap, const float *rest
             for (int j = 0; j < NR; j += 16) cllm_prefetch(C + i * ldc + j);
     for (int64_t k = 0; k < kc; k++, Ap += MR, Bp += NR) {
         vec b[NV];
+        for (int j = 0; j < NR; j += 16) cllm_prefetch(Bp + B_AHEAD * NR + j); /* B streams from L2 */
         for (int j = 0; j < NV; j++) b[j] = vload(Bp + j * VW);
         for (int i = 0; i < MR; i++) {
             vec a = vset1(Ap[i]);
