@@ -363,6 +363,28 @@ def test_encode_batch_equals_encode(trained, corpus, num_threads):
     assert [g.tolist() for g in got] == want
 
 
+@pytest.mark.parametrize("num_threads", THREAD_COUNTS)
+def test_encode_batch_lists_equals_encode(trained, corpus, num_threads):
+    # the calling thread makes the lists, its own documents' and those the other threads hand over, in any order
+    _, enc = trained
+    docs = corpus[:30] + [b"", b"x", UNICODE, b"\xff\x00\xc3(" * 10] + [b"a b"] * 50
+    want = [enc.encode(d).tolist() for d in docs]
+    assert enc.encode_batch_lists(docs, num_threads) == want
+    assert enc.encode_batch_lists([], num_threads) == []
+
+
+def test_encode_batch_lists_from_concurrent_python_threads(trained, corpus):
+    # each call's calling thread takes the GIL back between its documents while other Python threads hold it
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, enc = trained
+    docs = corpus[:40]
+    want = [enc.encode(d).tolist() for d in docs]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda nt: enc.encode_batch_lists(docs, nt), [1, 2, 3, 4, 8, 2, 3, 4]))
+    assert all(r == want for r in results)
+
+
 def test_encode_batch_arrays_outlive_the_batch(trained, corpus):
     # the arrays are views into one buffer per thread: each must keep its buffer alive on its own
     _, enc = trained

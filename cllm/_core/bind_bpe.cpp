@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -86,6 +87,62 @@ struct PyWordCounter {
     Pattern pattern;
     std::string pattern_name;
     std::mutex mutex;  // add_texts and train may run with the GIL released, from several Python threads
+};
+
+// The lists of encode_batch_lists. Making a Python list needs the GIL, so only one thread can do it: the calling
+// thread makes the lists of the documents it encodes itself and, between them, of those the other threads handed
+// over, so that this serial part overlaps the encoding instead of following it.
+class DocLists {
+  public:
+    DocLists(const std::vector<py::object> &ints, size_t n)
+        : ints_(ints), lists_(n, nullptr), pending_(n), ready_(new std::atomic<bool>[n]) {
+        for (size_t i = 0; i < n; i++) ready_[i].store(false, std::memory_order_relaxed);
+    }
+    ~DocLists() {  // the lists not returned (an exception): the GIL is held again by then
+        for (PyObject *l : lists_) Py_XDECREF(l);
+    }
+    DocLists(const DocLists &) = delete;
+    DocLists &operator=(const DocLists &) = delete;
+
+    // Another thread's document i: its ids are copied out of that thread's buffer (no GIL).
+    void hand_over(size_t i, const uint32_t *ids, size_t n) {
+        pending_[i].assign(ids, ids + n);
+        ready_[i].store(true, std::memory_order_release);
+    }
+    // The list of document i (GIL held).
+    void make(size_t i, const uint32_t *ids, size_t n) {
+        PyObject *l = PyList_New(Py_ssize_t(n));
+        if (!l) throw py::error_already_set();
+        for (size_t j = 0; j < n; j++) PyList_SET_ITEM(l, Py_ssize_t(j), ints_[ids[j]].inc_ref().ptr());
+        lists_[i] = l;
+    }
+    // The lists of the handed-over documents, in order up to the first one not ready yet (GIL held).
+    void make_ready() {
+        for (; next_ < lists_.size(); next_++) {
+            if (lists_[next_]) continue;
+            if (!ready_[next_].load(std::memory_order_acquire)) break;
+            make(next_, pending_[next_].data(), pending_[next_].size());
+            std::vector<uint32_t>().swap(pending_[next_]);
+        }
+    }
+    // Every thread has stopped: the lists left, then all of them as one list (GIL held).
+    py::list finish() {
+        for (size_t i = next_; i < lists_.size(); i++)
+            if (!lists_[i]) make(i, pending_[i].data(), pending_[i].size());
+        py::list out(lists_.size());
+        for (size_t i = 0; i < lists_.size(); i++) {
+            PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), lists_[i]);  // the list takes the reference
+            lists_[i] = nullptr;
+        }
+        return out;
+    }
+
+  private:
+    const std::vector<py::object> &ints_;  // the Python int of every id
+    std::vector<PyObject *> lists_;        // owned references, nullptr: not made yet
+    std::vector<std::vector<uint32_t>> pending_;
+    std::unique_ptr<std::atomic<bool>[]> ready_;
+    size_t next_ = 0;  // the documents before it have their lists
 };
 
 struct PyEncoder {
@@ -286,20 +343,30 @@ void bind_bpe(py::module_ &m)
         .def(
             "encode_batch_lists",
             [](PyEncoder &self, const py::handle &texts, long long num_threads) {
-                Encoder::BatchIds ids = self.encode_texts("Encoder.encode_batch_lists", texts, num_threads);
-                // Building the lists is serial (the GIL): shared int objects make it a reference count per id
-                // instead of an allocation, so that it does not outweigh the parallel encoding.
+                const char *where = "Encoder.encode_batch_lists";
+                check_threads(where, num_threads);
+                std::vector<py::object> keep;
+                std::vector<std::string_view> docs = texts_arg(where, texts, keep);
                 if (self.ints.empty())
                     for (size_t id = 0; id < self.encoder->vocab_size(); id++) self.ints.push_back(py::int_(id));
-                py::list out(ids.size.size());
-                for (size_t i = 0; i < ids.size.size(); i++) {
-                    const uint32_t *p = ids.buffers[ids.buffer[i]].data() + ids.begin[i];
-                    py::list doc(ids.size[i]);
-                    for (size_t j = 0; j < ids.size[i]; j++)
-                        PyList_SET_ITEM(doc.ptr(), Py_ssize_t(j), self.ints[p[j]].inc_ref().ptr());
-                    out[i] = std::move(doc);
+                DocLists lists(self.ints, docs.size());
+                {
+                    py::gil_scoped_release release;
+                    self.encoder->encode_each(
+                        docs, self.pattern, int(num_threads),
+                        [&lists](size_t i, int thread, std::vector<uint32_t> &out, size_t at) {
+                            if (thread == 0) {
+                                py::gil_scoped_acquire gil;
+                                lists.make(i, out.data() + at, out.size() - at);
+                                lists.make_ready();
+                            } else {
+                                lists.hand_over(i, out.data() + at, out.size() - at);
+                            }
+                            out.clear();
+                        },
+                        [](int, std::vector<uint32_t> &) {});
                 }
-                return out;
+                return lists.finish();
             },
             py::arg("texts"), py::arg("num_threads") = 1,
             "encode() of each text, texts spread over num_threads threads: a list of lists of ints.")

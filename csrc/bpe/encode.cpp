@@ -3,6 +3,7 @@
 #include "hash.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -257,27 +258,24 @@ void Encoder::encode(std::string_view text, Pattern pattern, std::vector<uint32_
     release_cache(std::move(cache));
 }
 
-Encoder::BatchIds Encoder::encode_batch(const std::vector<std::string_view> &docs, Pattern pattern,
-                                        int num_threads) const
+void Encoder::encode_each(const std::vector<std::string_view> &docs, Pattern pattern, int num_threads,
+                          const DocDone &done, const ThreadDone &thread_done) const
 {
     if (num_threads < 1) throw std::invalid_argument("encode_batch: num_threads must be >= 1");
     int nt = int(std::min<size_t>(size_t(num_threads), std::max<size_t>(docs.size(), 1)));
 #ifndef _OPENMP
     nt = 1;
 #endif
-    BatchIds ids;
-    ids.buffers.resize(size_t(nt));
-    ids.buffer.resize(docs.size());
-    ids.begin.resize(docs.size());
-    ids.size.resize(docs.size());
     size_t total_bytes = 0;
     for (std::string_view d : docs) total_bytes += d.size();
     std::exception_ptr error;
-    auto record = [&error]() {
+    std::atomic<bool> failed(false);  // once set, the threads skip the documents left
+    auto record = [&error, &failed]() {
 #ifdef _OPENMP
 #pragma omp critical(cllm_bpe_encode_error)
 #endif
         if (!error) error = std::current_exception();
+        failed.store(true, std::memory_order_relaxed);
     };
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -288,7 +286,7 @@ Encoder::BatchIds Encoder::encode_batch(const std::vector<std::string_view> &doc
 #else
         const int t = 0;
 #endif
-        std::vector<uint32_t> out;  // the thread's own: vectors side by side in ids.buffers would share cache lines
+        std::vector<uint32_t> out;  // the thread's own: vectors side by side would share cache lines
         std::unique_ptr<PieceCache> cache;
         std::vector<size_t> ends;
         try {
@@ -301,19 +299,39 @@ Encoder::BatchIds Encoder::encode_batch(const std::vector<std::string_view> &doc
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (long long i = 0; i < (long long)docs.size(); i++) {
-            if (!cache) continue;
+            if (!cache || failed.load(std::memory_order_relaxed)) continue;
             try {
                 const size_t at = out.size();
                 encode_with(docs[size_t(i)], pattern, out, *cache, ends);
-                ids.buffer[size_t(i)] = uint32_t(t), ids.begin[size_t(i)] = at, ids.size[size_t(i)] = out.size() - at;
+                done(size_t(i), t, out, at);
             } catch (...) {  // an exception may not leave an OpenMP region: keep the first, rethrow it after
                 record();
             }
         }
         if (cache) release_cache(std::move(cache));
-        ids.buffers[size_t(t)] = std::move(out);
+        try {
+            thread_done(t, out);
+        } catch (...) {
+            record();
+        }
     }
     if (error) std::rethrow_exception(error);
+}
+
+Encoder::BatchIds Encoder::encode_batch(const std::vector<std::string_view> &docs, Pattern pattern,
+                                        int num_threads) const
+{
+    BatchIds ids;
+    ids.buffers.resize(size_t(std::max(num_threads, 1)));
+    ids.buffer.resize(docs.size());
+    ids.begin.resize(docs.size());
+    ids.size.resize(docs.size());
+    encode_each(
+        docs, pattern, num_threads,
+        [&ids](size_t i, int t, std::vector<uint32_t> &out, size_t at) {
+            ids.buffer[i] = uint32_t(t), ids.begin[i] = at, ids.size[i] = out.size() - at;
+        },
+        [&ids](int t, std::vector<uint32_t> &out) { ids.buffers[size_t(t)] = std::move(out); });
     return ids;
 }
 
