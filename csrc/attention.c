@@ -248,6 +248,19 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
 static void tile_outer_add(const float *w, const float *src[QR], int64_t nk, int64_t hs, float *dst, int64_t ld)
 {
     int64_t d = 0;
+    for (; d + 2 * VW <= hs; d += 2 * VW) { /* two vectors of each row: a broadcast weight feeds two FMAs */
+        vec s0[QR], s1[QR];
+        for (int r = 0; r < QR; r++) s0[r] = vloadu(src[r] + d), s1[r] = vloadu(src[r] + d + VW);
+        for (int64_t jj = 0; jj < nk; jj++) {
+            vec a0 = vloadu(dst + jj * ld + d), a1 = vloadu(dst + jj * ld + d + VW);
+            for (int r = 0; r < QR; r++) {
+                vec wr = vset1(w[r * KB + jj]);
+                a0 = vfmadd(wr, s0[r], a0);
+                a1 = vfmadd(wr, s1[r], a1);
+            }
+            vstoreu(dst + jj * ld + d, a0), vstoreu(dst + jj * ld + d + VW, a1);
+        }
+    }
     for (; d + VW <= hs; d += VW) {
         vec sv[QR];
         for (int r = 0; r < QR; r++) sv[r] = vloadu(src[r] + d);
