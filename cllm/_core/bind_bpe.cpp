@@ -347,8 +347,11 @@ void bind_bpe(py::module_ &m)
                 check_threads(where, num_threads);
                 std::vector<py::object> keep;
                 std::vector<std::string_view> docs = texts_arg(where, texts, keep);
-                if (self.ints.empty())
-                    for (size_t id = 0; id < self.encoder->vocab_size(); id++) self.ints.push_back(py::int_(id));
+                if (self.ints.empty()) {  // filled once, whole: a call running in another thread may read it
+                    std::vector<py::object> ints;
+                    for (size_t id = 0; id < self.encoder->vocab_size(); id++) ints.push_back(py::int_(id));
+                    if (self.ints.empty()) self.ints = std::move(ints);  // making ints can run other threads
+                }
                 DocLists lists(self.ints, docs.size());
                 {
                     py::gil_scoped_release release;
