@@ -260,7 +260,7 @@ class Trainer:
                 _write(metrics, {"type": "step", "step": st["step"], "epoch": epoch, "tokens": st["tokens"],
                                  "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": rate, "elapsed": now})
                 if st["step"] % self.steps_per_epoch == 0:
-                    _write(metrics, {"type": "epoch", "epoch": epoch, "step": st["step"], "elapsed": elapsed()})
+                    _write(metrics, {"type": "epoch", "epoch": epoch, "step": st["step"], "elapsed": now})
                 if c.time_budget is not None:  # the bar's end (and so its ETA) where the budget is expected to end
                     bar.total = min(self.planned, max(st["step"], round(st["step"] * c.time_budget / now)))
                 bar.update(1)

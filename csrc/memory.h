@@ -38,7 +38,8 @@ static inline void cllm_free(void *p)
 #endif
 }
 
-/* A hint to bring the cache line holding p into the caches for writing; no effect on results. */
+/* A hint to bring the cache line holding p into the caches (for writing, where the compiler can say so); no effect
+ * on results. */
 #if defined(_MSC_VER)
 #include <intrin.h>
 #define cllm_prefetch(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)

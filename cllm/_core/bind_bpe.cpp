@@ -366,8 +366,7 @@ void bind_bpe(py::module_ &m)
                                 lists.hand_over(i, out.data() + at, out.size() - at);
                             }
                             out.clear();
-                        },
-                        [](int, std::vector<uint32_t> &) {});
+                        });
                 }
                 return lists.finish();
             },

@@ -309,10 +309,12 @@ void Encoder::encode_each(const std::vector<std::string_view> &docs, Pattern pat
             }
         }
         if (cache) release_cache(std::move(cache));
-        try {
-            thread_done(t, out);
-        } catch (...) {
-            record();
+        if (thread_done) {
+            try {
+                thread_done(t, out);
+            } catch (...) {
+                record();
+            }
         }
     }
     if (error) std::rethrow_exception(error);

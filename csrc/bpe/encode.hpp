@@ -63,13 +63,13 @@ class Encoder {
     // What encode_each hands over: document `doc`'s ids are out[at ..], in `out`, the buffer of thread `thread`
     // (0: the calling thread) that encoded it. The callback may consume and clear out, or keep it growing.
     using DocDone = std::function<void(size_t doc, int thread, std::vector<uint32_t> &out, size_t at)>;
-    // Called once per thread with its buffer after its last document.
+    // Called once per thread with its buffer after its last document (if given).
     using ThreadDone = std::function<void(int thread, std::vector<uint32_t> &out)>;
     // encode() of every document on min(num_threads, docs) threads (dynamic schedule), each document handed to
     // done() on its thread as soon as it is encoded. The first exception (of the encoding or of a callback) is
     // rethrown once every thread has stopped; the documents after it may or may not have been encoded.
     void encode_each(const std::vector<std::string_view> &docs, Pattern pattern, int num_threads,
-                     const DocDone &done, const ThreadDone &thread_done) const;
+                     const DocDone &done, const ThreadDone &thread_done = nullptr) const;
     // Appends the bytes of the ids; throws std::out_of_range for an id >= vocab_size().
     void decode(const uint32_t *ids, size_t n, std::string &out) const;
 
