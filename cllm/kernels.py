@@ -73,27 +73,45 @@ def _no_overlap(fn: str, name: str, out, inputs: tuple) -> np.ndarray:
     return out
 
 
-def linear_forward(x, w, b=None, *, out=None, num_threads=None) -> np.ndarray:
-    """y = x · wᵀ + b.   x [M, K], w [N, K] (nn.Linear layout), b [N] or None -> y [M, N], float32."""
+def linear_forward(x, w, b=None, *, out=None, residual=None, gelu_out=None, num_threads=None) -> np.ndarray:
+    """y = x · wᵀ + b.   x [M, K], w [N, K] (nn.Linear layout), b [N] or None -> y [M, N], float32.
+
+    Fused into the same pass, at most one of: ``residual`` [M, N]: y = residual + (x · wᵀ + b), a block's
+    projection added to its input; ``gelu_out`` [M, N]: also gelu_out = gelu(y), the MLP's activation. Each gives
+    the bits of the separate ``residual_forward`` / ``gelu_forward``."""
     fn = "linear_forward"
     _check(fn, "w", w, (None, None))
     N, K = w.shape
     _check(fn, "x", x, (None, K))
     if b is not None:
         _check(fn, "b", b, (N,))
+    if residual is not None and gelu_out is not None:
+        raise ValueError(f"{fn}: give residual or gelu_out, not both")
     nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
     M = x.shape[0]
-    y = _check_out(fn, "out", out, (M, N), (x, w, b))
+    if residual is not None:
+        _check(fn, "residual", residual, (M, N))
+    y = _check_out(fn, "out", out, (M, N), (x, w, b, residual))
+    if gelu_out is not None:
+        _check_out(fn, "gelu_out", gelu_out, (M, N), (x, w, b, y))
     if M and N:
         if K:
-            _kernels.linear_forward(x, w, b, y, nt)
-        else:
+            _kernels.linear_forward(x, w, b, residual, y, gelu_out, nt)
+        else:  # an empty sum: y = b (or 0), then the fused step
             y[...] = 0.0 if b is None else b
+            if residual is not None:
+                residual_forward(residual, y, out=y, num_threads=nt)
+            if gelu_out is not None:
+                gelu_forward(y, out=gelu_out, num_threads=nt)
     return y
 
 
-def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, bias=True, accumulate=False, num_threads=None):
+def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, bias=True, accumulate=False, gelu_x=None,
+                    num_threads=None):
     """Gradients of y = x · wᵀ + b:  dx = dy · w [M, K],  dw = dyᵀ · x [N, K],  db = Σ_m dy [N].
+
+    With ``gelu_x`` [M, K] (x = gelu(gelu_x), the MLP's activation), dx goes on through the GELU in the same pass:
+    dx = (dy · w)·gelu'(gelu_x), the bits of ``gelu_backward``.
 
     dy [M, N], x [M, K], w [N, K]. Returns (dx, dw, db); db is None with ``bias=False`` (a layer without bias).
     dx, dw, db may be given as output buffers; with ``accumulate=True`` the gradients are added to dw and db
@@ -109,14 +127,16 @@ def linear_backward(dy, x, w, *, dx=None, dw=None, db=None, bias=True, accumulat
     if accumulate and (dw is None or (bias and db is None)):
         raise ValueError(f"{fn}: accumulate=True needs the dw and db arrays to add to")
     nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
-    inputs = (dy, x, w)
+    if gelu_x is not None:
+        _check(fn, "gelu_x", gelu_x, (M, K))
+    inputs = (dy, x, w, gelu_x)
     dx = _check_out(fn, "dx", dx, (M, K), inputs)
     dw = _check_out(fn, "dw", dw, (N, K), inputs + (dx,))
     db = _check_out(fn, "db", db, (N,), inputs + (dx, dw)) if bias else None
     if M and N and K:
-        _kernels.linear_backward(dy, x, w, dx, dw, db, bool(accumulate), nt)
+        _kernels.linear_backward(dy, x, w, gelu_x, dx, dw, db, bool(accumulate), nt)
     else:  # an empty dimension: dx and dw are empty sums, db still sums dy's rows
-        dx[...] = 0.0
+        dx[...] = 0.0  # (and gelu'(·)·0 = 0)
         if not accumulate:
             dw[...] = 0.0
         if db is not None:

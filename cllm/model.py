@@ -62,7 +62,7 @@ def activation_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict, dict, 
              "fch": (BT, H), "fcg": (BT, H), "res": (BT, C)}  # res: the block's output
     once = {"res0": (BT, C), "lnf": (BT, C), "lnf_mean": (BT,), "lnf_rstd": (BT,), "logits": (BT, V),
             "losses": (BT,)}
-    scratch = {"proj": (BT, C), "dres": (BT, C), "dtmp": (BT, C), "dqkv": (B, T, 3 * C), "dfc": (BT, H)}
+    scratch = {"dres": (BT, C), "dtmp": (BT, C), "dqkv": (B, T, 3 * C), "dfc": (BT, H)}
     return layer, once, scratch
 
 
@@ -244,16 +244,13 @@ class Model:
                out=la["qkv"].reshape(B * T, 3 * C), num_threads=nt)
             op("attention_forward", K.attention_forward, la["qkv"], NH, out=la["atty"], lse=la["lse"], num_threads=nt)
             op("linear_forward", K.linear_forward, la["atty"].reshape(B * T, C), p[w + "attn.c_proj.weight"],
-               p[w + "attn.c_proj.bias"], out=a["proj"], num_threads=nt)
-            op("residual_forward", K.residual_forward, x, a["proj"], out=la["res2"], num_threads=nt)
+               p[w + "attn.c_proj.bias"], residual=x, out=la["res2"], num_threads=nt)  # res2 = x + attn proj
             op("layernorm_forward", K.layernorm_forward, la["res2"], p[w + "ln_2.weight"], p[w + "ln_2.bias"],
                out=la["ln2"], mean=la["ln2_mean"], rstd=la["ln2_rstd"], num_threads=nt)
             op("linear_forward", K.linear_forward, la["ln2"], p[w + "mlp.c_fc.weight"], p[w + "mlp.c_fc.bias"],
-               out=la["fch"], num_threads=nt)
-            op("gelu_forward", K.gelu_forward, la["fch"], out=la["fcg"], num_threads=nt)
+               out=la["fch"], gelu_out=la["fcg"], num_threads=nt)  # fcg = gelu(fch)
             op("linear_forward", K.linear_forward, la["fcg"], p[w + "mlp.c_proj.weight"], p[w + "mlp.c_proj.bias"],
-               out=a["proj"], num_threads=nt)
-            op("residual_forward", K.residual_forward, la["res2"], a["proj"], out=a["res"][i + 1], num_threads=nt)
+               residual=la["res2"], out=a["res"][i + 1], num_threads=nt)  # the block's output: res2 + mlp proj
         op("layernorm_forward", K.layernorm_forward, a["res"][-1], p["transformer.ln_f.weight"],
            p["transformer.ln_f.bias"], out=a["lnf"], mean=a["lnf_mean"], rstd=a["lnf_rstd"], num_threads=nt)
         op("linear_forward", K.linear_forward, a["lnf"], p["transformer.wte.weight"], out=logits, num_threads=nt)
@@ -319,8 +316,8 @@ class Model:
         for i in reversed(range(self.config.n_layers)):  # dres: the gradient of the residual stream
             w, la = f"transformer.h.{i}.", a["layers"][i]
             op("linear_backward", K.linear_backward, dres, la["fcg"], p[w + "mlp.c_proj.weight"], dx=a["dfc"],
-               dw=g[w + "mlp.c_proj.weight"], db=g[w + "mlp.c_proj.bias"], accumulate=True, num_threads=nt)
-            op("gelu_backward", K.gelu_backward, la["fch"], a["dfc"], dx=a["dfc"], num_threads=nt)
+               dw=g[w + "mlp.c_proj.weight"], db=g[w + "mlp.c_proj.bias"], accumulate=True, gelu_x=la["fch"],
+               num_threads=nt)  # dfc: the gradient of fch, through the GELU
             op("linear_backward", K.linear_backward, a["dfc"], la["ln2"], p[w + "mlp.c_fc.weight"], dx=dtmp,
                dw=g[w + "mlp.c_fc.weight"], db=g[w + "mlp.c_fc.bias"], accumulate=True, num_threads=nt)
             op("layernorm_backward", K.layernorm_backward, dtmp, la["res2"], p[w + "ln_2.weight"], la["ln2_mean"],

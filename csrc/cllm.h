@@ -52,17 +52,20 @@ void *cllm_scratch_get(size_t bytes);
 void cllm_scratch_put(void *p);
 
 /* ---- linear layers (matmul.c) ---- */
-/* y = x · wᵀ + b.   x is (M,K), w is (N,K) (PyTorch nn.Linear layout), b is (N) or NULL, y is (M,N). */
-int cllm_linear_forward(const float *x, const float *w, const float *b, float *y,
-                        int64_t M, int64_t K, int64_t N, int num_threads);
+/* y = x · wᵀ + b.   x is (M,K), w is (N,K) (PyTorch nn.Linear layout), b is (N) or NULL, y is (M,N).
+ * Fused, at most one of (NULL for none): residual (M,N): y = residual + (x · wᵀ + b), the bits of
+ * cllm_residual_forward's add;  gelu_y (M,N): also gelu_y = gelu(y), the bits of cllm_gelu_forward. */
+int cllm_linear_forward(const float *x, const float *w, const float *b, const float *residual, float *y,
+                        float *gelu_y, int64_t M, int64_t K, int64_t N, int num_threads);
 
 /* Backward of linear_forward.   dy is (M,N), x is (M,K), w is (N,K).
- *   dx (M,K) = dy · w           (overwritten; NULL to skip)
+ *   dx (M,K) = dy · w           (overwritten; NULL to skip); with gelu_x (M,K) not NULL, dx = (dy · w)·gelu'(gelu_x),
+ *                               the bits of cllm_gelu_backward: the gradient through a GELU that gave x = gelu(gelu_x)
  *   dw (N,K) = dyᵀ · x          (overwritten, or added to when accumulate; NULL to skip)
  *   db (N)   = Σ_m dy[m,:]      (overwritten, or added to when accumulate; NULL to skip)
  * The sums over M are cut into fixed row chunks (a function of M, N, K only) reduced up the sphere tree. */
-int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
-                         int64_t M, int64_t K, int64_t N, int accumulate, int num_threads);
+int cllm_linear_backward(const float *dy, const float *x, const float *w, const float *gelu_x, float *dx, float *dw,
+                         float *db, int64_t M, int64_t K, int64_t N, int accumulate, int num_threads);
 
 /* Decode: y = x · wᵀ + b for a few rows, with w packed once by panels of CLLM_PANEL output columns:
  * wp is (ceil(N/CLLM_PANEL), K, CLLM_PANEL), wp[p][k][c] = w[p·CLLM_PANEL + c][k] (0 past N). x is (M,K), b (N) or

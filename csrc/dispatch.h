@@ -13,12 +13,13 @@
 
 #define CLLM_ISA_KERNELS(X)                                                                                        \
     X(linear_forward,                                                                                              \
-      (const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N, int num_threads), \
-      (x, w, b, y, M, K, N, num_threads))                                                                          \
+      (const float *x, const float *w, const float *b, const float *residual, float *y, float *gelu_y, int64_t M,  \
+       int64_t K, int64_t N, int num_threads),                                                                     \
+      (x, w, b, residual, y, gelu_y, M, K, N, num_threads))                                                        \
     X(linear_backward,                                                                                             \
-      (const float *dy, const float *x, const float *w, float *dx, float *dw, float *db, int64_t M, int64_t K,     \
-       int64_t N, int accumulate, int num_threads),                                                                \
-      (dy, x, w, dx, dw, db, M, K, N, accumulate, num_threads))                                                    \
+      (const float *dy, const float *x, const float *w, const float *gelu_x, float *dx, float *dw, float *db,      \
+       int64_t M, int64_t K, int64_t N, int accumulate, int num_threads),                                          \
+      (dy, x, w, gelu_x, dx, dw, db, M, K, N, accumulate, num_threads))                                            \
     X(linear_forward_packed,                                                                                       \
       (const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K, int64_t N, int num_threads),\
       (x, wp, b, y, M, K, N, num_threads))                                                                         \

@@ -12,6 +12,10 @@
  *
  * Every output element is the same sequence of FMAs whatever the tile sizes or the thread that owns it, so the
  * tile sizes may follow the thread count while the bits do not. Only KC shapes the result, and it is a constant.
+ *
+ * An elementwise epilogue (enum post_op) can follow a tile's last KC block while the tile is still in L1: the
+ * residual add after an attention or MLP projection, GELU after the MLP's first layer, GELU's derivative on the
+ * gradient that goes back through it. Each saves a pass over a [tokens, width] array.
  */
 #include <string.h>
 #ifdef _OPENMP
@@ -20,6 +24,7 @@
 
 #include "cllm.h"
 #include "dispatch.h"
+#include "gelu.h"
 #include "memory.h"
 #include "simd.h"
 
@@ -49,6 +54,15 @@
 
 enum store_mode { STORE, ACCUMULATE, ADD_BIAS };
 
+/* What becomes of a tile of C once its whole sum is in. P is post_in, G post_out: arrays shaped and strided as C.
+ * The same vector functions as the standalone kernels (residual_forward, gelu.h), so the bits are theirs. */
+enum post_op {
+    POST_NONE,
+    POST_RESIDUAL, /* C = P + C */
+    POST_GELU,     /* G = gelu(C), C kept */
+    POST_GELU_GRAD /* C = C·gelu'(P) */
+};
+
 typedef struct {
     int64_t M, N, K;
     const float *A; int64_t rsa, csa; /* A[i,k] = A[i*rsa + k*csa] */
@@ -56,6 +70,9 @@ typedef struct {
     float *C; int64_t ldc;            /* C[i,j] = C[i*ldc + j] */
     int accumulate;                   /* C += A·B (else C = A·B) */
     const float *bias;                /* C = A·B + bias[j]; NULL for none; not with accumulate */
+    enum post_op post;                /* then this, on the final C */
+    const float *post_in;
+    float *post_out;
     int64_t band, bands, nc, tiles_n; /* work items: bands of rows × NC-column tiles (plan_items) */
 } gemm_t;
 
@@ -195,6 +212,33 @@ static void edge_kernel(int64_t kc, const float *Ap, const float *Bp, float *C, 
         }
 }
 
+static inline void post_vec(enum post_op op, float *c, const float *p, float *g)
+{
+    if (op == POST_RESIDUAL) vstoreu(c, vadd(vloadu(p), vloadu(c)));
+    else if (op == POST_GELU) vstoreu(g, gelu_vec(vloadu(c)));
+    else if (op == POST_GELU_GRAD) vstoreu(c, gelu_grad_vec(vloadu(p), vloadu(c)));
+}
+
+/* g->post on C[i0 : i0+rows, j0 : j0+cols]; a ragged end of a row through one padded register. */
+static void finish_tile(const gemm_t *g, int64_t i0, int64_t j0, int64_t rows, int64_t cols)
+{
+    for (int64_t i = i0; i < i0 + rows; i++) {
+        int64_t at = i * g->ldc + j0, j = 0;
+        float *c = g->C + at, *out = g->post_out ? g->post_out + at : NULL;
+        const float *in = g->post_in ? g->post_in + at : NULL;
+        for (; j + VW <= cols; j += VW) post_vec(g->post, c + j, in ? in + j : NULL, out ? out + j : NULL);
+        if (j < cols) {
+            _Alignas(CLLM_ALIGN) float tc[VW] = {0}, tp[VW] = {0}, tg[VW];
+            size_t left = sizeof(float) * (size_t)(cols - j);
+            memcpy(tc, c + j, left);
+            if (in) memcpy(tp, in + j, left);
+            post_vec(g->post, tc, tp, tg);
+            memcpy(c + j, tc, left);
+            if (out) memcpy(out + j, tg, left);
+        }
+    }
+}
+
 /* Work item `item` of g: a band of rows × NC columns of C, over the whole K range. Each packed B block is used by
  * every MC-row block of the band; Ap, Bp are the calling thread's packing buffers. */
 static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
@@ -204,6 +248,7 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
     if (g->K == 0 && !g->accumulate) { /* an empty sum: C = bias or 0 */
         for (int64_t i = 0; i < mb; i++)
             for (int64_t j = 0; j < nc; j++) g->C[(i0 + i) * g->ldc + j0 + j] = g->bias ? g->bias[j0 + j] : 0.0f;
+        if (g->post) finish_tile(g, i0, j0, mb, nc);
     }
     for (int64_t k0 = 0; k0 < g->K; k0 += KC) {
         int64_t kc = cllm_min(KC, g->K - k0);
@@ -220,6 +265,7 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
                     int64_t rows = cllm_min(MR, mc - ir), cols = cllm_min(NR, nc - jr);
                     if (rows == MR && cols == NR) micro_kernel(kc, a, b, c, g->ldc, mode, bias);
                     else edge_kernel(kc, a, b, c, g->ldc, rows, cols, mode, bias);
+                    if (g->post && k0 + kc == g->K) finish_tile(g, ic + ir, j0 + jr, rows, cols);
                 }
             }
         }
@@ -289,11 +335,12 @@ static int gemm_run(gemm_t *gs, int n, int num_threads)
     return failed ? CLLM_ENOMEM : 0;
 }
 
-int ISA_FN(cllm_linear_forward)(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
-                                int64_t N, int num_threads)
+int ISA_FN(cllm_linear_forward)(const float *x, const float *w, const float *b, const float *residual, float *y,
+                                float *gelu_y, int64_t M, int64_t K, int64_t N, int num_threads)
 {
     gemm_t g = {.M = M, .N = N, .K = K, .A = x, .rsa = K, .csa = 1, .B = w, .rsb = 1, .csb = K,
-                .C = y, .ldc = N, .bias = b};
+                .C = y, .ldc = N, .bias = b, .post = residual ? POST_RESIDUAL : gelu_y ? POST_GELU : POST_NONE,
+                .post_in = residual, .post_out = gelu_y};
     return gemm_run(&g, 1, num_threads);
 }
 
@@ -315,8 +362,9 @@ static int bias_backward(const float *dy, float *db, int64_t M, int64_t N, int a
     return 0;
 }
 
-int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
-                                 int64_t M, int64_t K, int64_t N, int accumulate, int num_threads)
+int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w, const float *gelu_x, float *dx,
+                                 float *dw, float *db, int64_t M, int64_t K, int64_t N, int accumulate,
+                                 int num_threads)
 {
     /* dw's M sum: chunks of at least DW_CHUNK_ROWS rows, as many as the scratch cap allows. */
     int64_t chunks = cllm_max(1, cllm_ceil_div(M, DW_CHUNK_ROWS));
@@ -330,9 +378,9 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
         return CLLM_ENOMEM;
     }
     int n = 0;
-    if (dx) /* dx[M,K] = dy[M,N] · w[N,K] */
+    if (dx) /* dx[M,K] = dy[M,N] · w[N,K] (· gelu'(gelu_x)) */
         gs[n++] = (gemm_t){.M = M, .N = K, .K = N, .A = dy, .rsa = N, .csa = 1, .B = w, .rsb = K, .csb = 1,
-                           .C = dx, .ldc = K};
+                           .C = dx, .ldc = K, .post = gelu_x ? POST_GELU_GRAD : POST_NONE, .post_in = gelu_x};
     for (int64_t c = 0; dw && c < chunks; c++) { /* dw[N,K] (+)= dy[rows,N]ᵀ · x[rows,K] per chunk */
         int64_t m0 = c * rows, mrows = cllm_min(rows, M - m0);
         gs[n++] = (gemm_t){.M = N, .N = K, .K = mrows, .A = dy + m0 * N, .rsa = 1, .csa = N,

@@ -111,6 +111,59 @@ def test_empty_dimensions(rng, M, K, N):
     np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-6)
 
 
+# The fused epilogues: the bits of the separate kernels, for every thread count, odd shapes (ragged tiles and a
+# ragged vector at each row's end) and K > the 256-wide K block (the epilogue must wait for the whole sum).
+FUSED_SHAPES = [(1, 1, 1), (13, 7, 5), (257, 33, 70), (300, 600, 45), (4096, 1024, 256), (4096, 256, 1024)]
+
+
+@pytest.mark.parametrize("M,K,N", FUSED_SHAPES)
+def test_fused_residual_and_gelu_give_the_separate_kernels_bits(isa, rng, M, K, N):
+    x, w, b, dy = operands(rng, M, K, N)
+    r = rng.standard_normal((M, N), dtype=np.float32)
+    gx = rng.standard_normal((M, K), dtype=np.float32)
+    y = kernels.linear_forward(x, w, b)
+    dx = kernels.linear_backward(dy, x, w, bias=False)[0]
+    want = (kernels.residual_forward(r, y), y, kernels.gelu_forward(y), kernels.gelu_backward(gx, dx))
+    for nt in THREAD_COUNTS:
+        g = np.full((M, N), np.nan, dtype=np.float32)
+        got = (kernels.linear_forward(x, w, b, residual=r, num_threads=nt),
+               kernels.linear_forward(x, w, b, gelu_out=g, num_threads=nt), g,
+               kernels.linear_backward(dy, x, w, bias=False, gelu_x=gx, num_threads=nt)[0])
+        for a, b_ in zip(want, got):
+            assert np.array_equal(a, b_), f"fused epilogue differs from the separate kernels at {nt} threads"
+
+
+@pytest.mark.parametrize("M,K,N", [(5, 0, 3), (0, 4, 3)])
+def test_fused_epilogues_on_empty_dimensions(rng, M, K, N):
+    x, w, b, dy = operands(rng, M, K, N)
+    r = rng.standard_normal((M, N), dtype=np.float32)
+    g = np.empty((M, N), dtype=np.float32)
+    np.testing.assert_array_equal(kernels.linear_forward(x, w, b, residual=r), r + np.broadcast_to(b, (M, N)))
+    y = kernels.linear_forward(x, w, b, gelu_out=g)
+    np.testing.assert_array_equal(g, kernels.gelu_forward(y))
+    dx = kernels.linear_backward(dy, x, w, gelu_x=np.ones((M, K), np.float32))[0]
+    assert dx.shape == (M, K) and not dx.any()
+
+
+def test_fused_epilogue_errors(rng):
+    x, w, b, dy = operands(rng, 6, 5, 4)
+    r = np.zeros((6, 4), np.float32)
+    with pytest.raises(ValueError, match="residual or gelu_out, not both"):
+        kernels.linear_forward(x, w, b, residual=r, gelu_out=np.empty((6, 4), np.float32))
+    with pytest.raises(ValueError, match=r"residual must be float32 C-contiguous \[6, 4\]"):
+        kernels.linear_forward(x, w, b, residual=np.zeros((4, 6), np.float32))
+    with pytest.raises(ValueError, match="out must not overlap"):
+        kernels.linear_forward(x, w, b, residual=r, out=r)  # partial sums would overwrite the residual
+    with pytest.raises(ValueError, match="gelu_out must not overlap"):
+        y = np.empty((6, 4), np.float32)
+        kernels.linear_forward(x, w, b, out=y, gelu_out=y)
+    with pytest.raises(ValueError, match=r"gelu_x must be float32 C-contiguous \[6, 5\]"):
+        kernels.linear_backward(dy, x, w, gelu_x=np.zeros((6, 4), np.float32))
+    with pytest.raises(ValueError, match="dx must not overlap"):
+        gx = np.zeros((6, 5), np.float32)
+        kernels.linear_backward(dy, x, w, dx=gx, gelu_x=gx)
+
+
 def test_gil_released_while_kernel_runs(rng):
     x, w, _, _ = operands(rng, 4096, 256, 2048)
     done = threading.Event()

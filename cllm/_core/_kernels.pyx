@@ -19,9 +19,11 @@ cdef extern from "cllm.h" nogil:
     const char *cllm_isa()
     int cllm_set_isa(const char *name)
     void cllm_tree_reduce(float *partials, int64_t n, int64_t len, float *out, int accumulate, int num_threads)
-    int cllm_linear_forward(const float *x, const float *w, const float *b, float *y,
+    int cllm_linear_forward(const float *x, const float *w, const float *b, const float *residual, float *y,
+                            float *gelu_y,
                             int64_t M, int64_t K, int64_t N, int num_threads)
-    int cllm_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw, float *db,
+    int cllm_linear_backward(const float *dy, const float *x, const float *w, const float *gelu_x, float *dx,
+                             float *dw, float *db,
                              int64_t M, int64_t K, int64_t N, int accumulate, int num_threads)
     int cllm_linear_forward_packed(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
                                    int64_t N, int num_threads)
@@ -113,23 +115,27 @@ def tree_reduce(float[:, ::1] partials, float[::1] out, bint accumulate, int num
         cllm_tree_reduce(&partials[0, 0], partials.shape[0], partials.shape[1], &out[0], accumulate, num_threads)
 
 
-def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1] b, float[:, ::1] y,
-                   int num_threads):
+def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1] b, const float[:, ::1] residual,
+                   float[:, ::1] y, float[:, ::1] gelu_y, int num_threads):
     cdef const float *bp = &b[0] if b is not None else NULL
+    cdef const float *rp = &residual[0, 0] if residual is not None else NULL
+    cdef float *gp = &gelu_y[0, 0] if gelu_y is not None else NULL
     cdef int err
     with nogil:
-        err = cllm_linear_forward(&x[0, 0], &w[0, 0], bp, &y[0, 0], x.shape[0], x.shape[1], w.shape[0], num_threads)
+        err = cllm_linear_forward(&x[0, 0], &w[0, 0], bp, rp, &y[0, 0], gp, x.shape[0], x.shape[1], w.shape[0],
+                                  num_threads)
     _check(err, "linear_forward")
 
 
-def linear_backward(const float[:, ::1] dy, const float[:, ::1] x, const float[:, ::1] w,
+def linear_backward(const float[:, ::1] dy, const float[:, ::1] x, const float[:, ::1] w, const float[:, ::1] gelu_x,
                     float[:, ::1] dx, float[:, ::1] dw, float[::1] db, bint accumulate, int num_threads):
+    cdef const float *gp = &gelu_x[0, 0] if gelu_x is not None else NULL
     cdef float *dxp = &dx[0, 0] if dx is not None else NULL
     cdef float *dwp = &dw[0, 0] if dw is not None else NULL
     cdef float *dbp = &db[0] if db is not None else NULL
     cdef int err
     with nogil:
-        err = cllm_linear_backward(&dy[0, 0], &x[0, 0], &w[0, 0], dxp, dwp, dbp,
+        err = cllm_linear_backward(&dy[0, 0], &x[0, 0], &w[0, 0], gp, dxp, dwp, dbp,
                                    x.shape[0], x.shape[1], w.shape[0], accumulate, num_threads)
     _check(err, "linear_backward")
 
