@@ -47,10 +47,11 @@
 #define NC_MAX 512 /* columns of B packed at a time: KC×NC_MAX floats = 512 KiB fit in L2 */
 
 /* The sums over M of linear_backward (dw, db) are cut into chunks of rows computed in parallel and added up the
- * sphere tree. The chunk count depends on the shape only; scratch for the dw partials stays under a cap. */
+ * sphere tree. The chunk count depends on the shape only; scratch for the dw partials stays under a cap. A chunk's
+ * db is summed from its dw GEMM's packed A (dyᵀ), so dy is read once for both. */
 #define DW_CHUNK_ROWS 1024
 #define DW_SCRATCH_FLOATS ((int64_t)1 << 23)
-#define DB_CHUNK_ROWS 64
+#define DB_CHUNK_ROWS 64 /* db alone (no dw asked for) */
 
 enum store_mode { STORE, ACCUMULATE, ADD_BIAS };
 
@@ -73,6 +74,7 @@ typedef struct {
     enum post_op post;                /* then this, on the final C */
     const float *post_in;
     float *post_out;
+    float *row_sums;                  /* NULL, or row_sums[i] = Σ_k A[i,k] (k in order), made while packing A */
     int64_t band, bands, nc, tiles_n; /* work items: bands of rows × NC-column tiles (plan_items) */
 } gemm_t;
 
@@ -167,6 +169,19 @@ static void pack_B(const gemm_t *g, int64_t k0, int64_t kc, int64_t j0, int64_t 
     }
 }
 
+/* g->row_sums[i0 : i0+mc] (+)= Σ_k A[i, k0 : k0+kc] from the packed Ap, k in order (a first block starts them). */
+static void add_row_sums(const gemm_t *g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, const float *Ap)
+{
+    for (int64_t p = 0; p < mc; p += MR) {
+        float s[MR];
+        const float *a = Ap + p * kc;
+        for (int r = 0; r < MR; r++) s[r] = k0 == 0 ? 0.0f : g->row_sums[i0 + cllm_min(p + r, mc - 1)];
+        for (int64_t k = 0; k < kc; k++)
+            for (int r = 0; r < MR; r++) s[r] += a[k * MR + r];
+        for (int r = 0; r < MR && p + r < mc; r++) g->row_sums[i0 + p + r] = s[r];
+    }
+}
+
 /* C[MR,NR] (mode)= Ap[kc][MR] · Bp[kc][NR]: the only place where the flops are. */
 static void micro_kernel(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
                          int64_t ldc, enum store_mode mode, const float *restrict bias)
@@ -257,6 +272,7 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
         for (int64_t ic = i0; ic < i0 + mb; ic += MC) {
             int64_t mc = cllm_min(MC, i0 + mb - ic);
             pack_A(g, ic, mc, k0, kc, Ap);
+            if (g->row_sums && j0 == 0) add_row_sums(g, ic, mc, k0, kc, Ap); /* one item per band does it */
             for (int64_t ir = 0; ir < mc; ir += MR) {
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     float *c = g->C + (ic + ir) * g->ldc + j0 + jr;
@@ -371,9 +387,11 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
     chunks = cllm_min(chunks, cllm_max(1, DW_SCRATCH_FLOATS / cllm_max(1, N * K)));
     int64_t rows = cllm_ceil_div(M, chunks);
     chunks = M > 0 ? cllm_ceil_div(M, rows) : 1;
-    float *partials = NULL;
+    float *partials = NULL, *db_partials = NULL; /* dw's and db's per chunk */
     gemm_t *gs = malloc(sizeof(gemm_t) * (size_t)(1 + chunks));
-    if (!gs || (dw && chunks > 1 && !(partials = cllm_scratch_get(sizeof(float) * chunks * N * K)))) {
+    if (!gs || (dw && chunks > 1 && !(partials = cllm_scratch_get(sizeof(float) * chunks * N * K))) ||
+        (dw && db && !(db_partials = cllm_alloc(sizeof(float) * chunks * N)))) {
+        cllm_scratch_put(partials);
         free(gs);
         return CLLM_ENOMEM;
     }
@@ -386,13 +404,15 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
         gs[n++] = (gemm_t){.M = N, .N = K, .K = mrows, .A = dy + m0 * N, .rsa = 1, .csa = N,
                            .B = x + m0 * K, .rsb = K, .csb = 1,
                            .C = partials ? partials + c * N * K : dw, .ldc = K,
-                           .accumulate = partials ? 0 : accumulate};
+                           .accumulate = partials ? 0 : accumulate, .row_sums = db_partials ? db_partials + c * N : NULL};
     }
     int err = n ? gemm_run(gs, n, num_threads) : 0;
     if (!err && partials) cllm_tree_reduce(partials, chunks, N * K, dw, accumulate, num_threads);
+    if (!err && db_partials) cllm_tree_reduce(db_partials, chunks, N, db, accumulate, num_threads);
     cllm_scratch_put(partials);
+    cllm_free(db_partials);
     free(gs);
-    if (!err && db) err = bias_backward(dy, db, M, N, accumulate, num_threads);
+    if (!err && db && !dw) err = bias_backward(dy, db, M, N, accumulate, num_threads);
     return err;
 }
 
