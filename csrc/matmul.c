@@ -265,6 +265,7 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
             for (int64_t j = 0; j < nc; j++) g->C[(i0 + i) * g->ldc + j0 + j] = g->bias ? g->bias[j0 + j] : 0.0f;
         if (g->post) finish_tile(g, i0, j0, mb, nc);
     }
+    if (g->K == 0 && g->row_sums && j0 == 0) memset(g->row_sums + i0, 0, sizeof(float) * (size_t)mb);
     for (int64_t k0 = 0; k0 < g->K; k0 += KC) {
         int64_t kc = cllm_min(KC, g->K - k0);
         enum store_mode mode = (k0 > 0 || g->accumulate) ? ACCUMULATE : (g->bias ? ADD_BIAS : STORE);
@@ -404,7 +405,8 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
         gs[n++] = (gemm_t){.M = N, .N = K, .K = mrows, .A = dy + m0 * N, .rsa = 1, .csa = N,
                            .B = x + m0 * K, .rsb = K, .csb = 1,
                            .C = partials ? partials + c * N * K : dw, .ldc = K,
-                           .accumulate = partials ? 0 : accumulate, .row_sums = db_partials ? db_partials + c * N : NULL};
+                           .accumulate = partials ? 0 : accumulate,
+                           .row_sums = db_partials ? db_partials + c * N : NULL};
     }
     int err = n ? gemm_run(gs, n, num_threads) : 0;
     if (!err && partials) cllm_tree_reduce(partials, chunks, N * K, dw, accumulate, num_threads);
