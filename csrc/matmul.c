@@ -74,7 +74,7 @@ typedef struct {
     enum post_op post;                /* then this, on the final C */
     const float *post_in;
     float *post_out;
-    float *row_sums;                  /* NULL, or row_sums[i] = Σ_k A[i,k] (k in order), made while packing A */
+    float *row_sums;                  /* NULL, or row_sums[i] += Σ_k A[i,k] (k in order), while packing A */
     int64_t band, bands, nc, tiles_n; /* work items: bands of rows × NC-column tiles (plan_items) */
 } gemm_t;
 
@@ -169,13 +169,13 @@ static void pack_B(const gemm_t *g, int64_t k0, int64_t kc, int64_t j0, int64_t 
     }
 }
 
-/* g->row_sums[i0 : i0+mc] (+)= Σ_k A[i, k0 : k0+kc] from the packed Ap, k in order (a first block starts them). */
-static void add_row_sums(const gemm_t *g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, const float *Ap)
+/* g->row_sums[i0 : i0+mc] += Σ_k A[i, k] over the packed block Ap (mc × kc), k in order. */
+static void add_row_sums(const gemm_t *g, int64_t i0, int64_t mc, int64_t kc, const float *Ap)
 {
     for (int64_t p = 0; p < mc; p += MR) {
         float s[MR];
         const float *a = Ap + p * kc;
-        for (int r = 0; r < MR; r++) s[r] = k0 == 0 ? 0.0f : g->row_sums[i0 + cllm_min(p + r, mc - 1)];
+        for (int r = 0; r < MR; r++) s[r] = p + r < mc ? g->row_sums[i0 + p + r] : 0.0f;
         for (int64_t k = 0; k < kc; k++)
             for (int r = 0; r < MR; r++) s[r] += a[k * MR + r];
         for (int r = 0; r < MR && p + r < mc; r++) g->row_sums[i0 + p + r] = s[r];
@@ -265,7 +265,6 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
             for (int64_t j = 0; j < nc; j++) g->C[(i0 + i) * g->ldc + j0 + j] = g->bias ? g->bias[j0 + j] : 0.0f;
         if (g->post) finish_tile(g, i0, j0, mb, nc);
     }
-    if (g->K == 0 && g->row_sums && j0 == 0) memset(g->row_sums + i0, 0, sizeof(float) * (size_t)mb);
     for (int64_t k0 = 0; k0 < g->K; k0 += KC) {
         int64_t kc = cllm_min(KC, g->K - k0);
         enum store_mode mode = (k0 > 0 || g->accumulate) ? ACCUMULATE : (g->bias ? ADD_BIAS : STORE);
@@ -273,7 +272,7 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
         for (int64_t ic = i0; ic < i0 + mb; ic += MC) {
             int64_t mc = cllm_min(MC, i0 + mb - ic);
             pack_A(g, ic, mc, k0, kc, Ap);
-            if (g->row_sums && j0 == 0) add_row_sums(g, ic, mc, k0, kc, Ap); /* one item per band does it */
+            if (g->row_sums && j0 == 0) add_row_sums(g, ic, mc, kc, Ap); /* one item per band does it */
             for (int64_t ir = 0; ir < mc; ir += MR) {
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     float *c = g->C + (ic + ir) * g->ldc + j0 + jr;
@@ -396,6 +395,7 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
         free(gs);
         return CLLM_ENOMEM;
     }
+    if (db_partials) memset(db_partials, 0, sizeof(float) * (size_t)(chunks * N)); /* the chunks' sums start at 0 */
     int n = 0;
     if (dx) /* dx[M,K] = dy[M,N] · w[N,K] (· gelu'(gelu_x)) */
         gs[n++] = (gemm_t){.M = M, .N = K, .K = N, .A = dy, .rsa = N, .csa = 1, .B = w, .rsb = K, .csb = 1,
