@@ -38,13 +38,15 @@ static inline void cllm_free(void *p)
 #endif
 }
 
-/* A hint to bring the cache line holding p into the caches (for writing, where the compiler can say so); no effect
- * on results. */
+/* Hints to bring the cache line holding p into the caches (for writing, where the compiler can say so): cllm_prefetch
+ * into all levels, for use soon; cllm_prefetch_l2 into L2, for use after other work. No effect on results. */
 #if defined(_MSC_VER)
 #include <intrin.h>
 #define cllm_prefetch(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#define cllm_prefetch_l2(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
 #else
 #define cllm_prefetch(p) __builtin_prefetch((p), 1, 3)
+#define cllm_prefetch_l2(p) __builtin_prefetch((p), 0, 2)
 #endif
 
 static inline int64_t cllm_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
