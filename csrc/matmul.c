@@ -274,15 +274,22 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
             pack_A(g, ic, mc, k0, kc, Ap);
             if (g->row_sums && j0 == 0) add_row_sums(g, ic, mc, kc, Ap); /* one item per band does it */
             for (int64_t ir = 0; ir < mc; ir += MR) {
+                int64_t panel_rows = cllm_min(MR, mc - ir);
+                int last_k = g->post && k0 + kc == g->K;
+                if (last_k && g->post_in) /* the epilogue's input for this row panel, into L2 during the FMAs */
+                    for (int64_t i = ic + ir; i < ic + ir + panel_rows; i++)
+                        for (int64_t j = 0; j < nc; j += 16) cllm_prefetch_l2(g->post_in + i * g->ldc + j0 + j);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     float *c = g->C + (ic + ir) * g->ldc + j0 + jr;
                     const float *bias = g->bias ? g->bias + j0 + jr : NULL;
                     const float *a = Ap + ir * kc, *b = Bp + jr * kc;
-                    int64_t rows = cllm_min(MR, mc - ir), cols = cllm_min(NR, nc - jr);
-                    if (rows == MR && cols == NR) micro_kernel(kc, a, b, c, g->ldc, mode, bias);
-                    else edge_kernel(kc, a, b, c, g->ldc, rows, cols, mode, bias);
-                    if (g->post && k0 + kc == g->K) finish_tile(g, ic + ir, j0 + jr, rows, cols);
+                    int64_t cols = cllm_min(NR, nc - jr);
+                    if (panel_rows == MR && cols == NR) micro_kernel(kc, a, b, c, g->ldc, mode, bias);
+                    else edge_kernel(kc, a, b, c, g->ldc, panel_rows, cols, mode, bias);
                 }
+                if (last_k) /* a whole row panel at once, still in L1/L2: its long rows let GELU's chains of vector
+                               operations overlap, which one 32-column tile at a time did not */
+                    finish_tile(g, ic + ir, j0, panel_rows, nc);
             }
         }
     }
