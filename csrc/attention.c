@@ -72,8 +72,8 @@ static head_t head_of(const float *qkv, int64_t b, int64_t hh, int64_t T, int64_
     return h;
 }
 
-/* dst = src transposed, in panels of P columns: key (or row) j's value d at (j/P)·hs·P + d·P + j%P, for j < T, zero up
- * to Tp (a multiple of P).   src rows (T,hs) ld apart -> dst (Tp/P, hs, P)
+/* dst = src transposed, in panels of P columns: key (or row) j's value d at (j/P)·hs·P + d·P + j%P, for j < T,
+ * zero up to Tp (a multiple of P).   src rows (T,hs) ld apart -> dst (Tp/P, hs, P)
  * One panel is contiguous, so that a tile's columns stay in L1 whatever T is (with P = Tp: plain (hs,Tp)).
  * 16 rows at a time: their hs values stay in L1 while each destination row gets 16 contiguous floats. */
 static void transpose_rows(const float *src, int64_t ld, int64_t T, int64_t hs, int64_t Tp, int64_t P, float *dst)
@@ -281,7 +281,8 @@ int ISA_FN(cllm_attention_forward)(const float *qkv, float *out, float *lse, int
             if (!ok) continue;
             int64_t b = u / NH, hh = u % NH;
             head_t h = head_of(qkv, b, hh, T, C, NH), n = head_of(qkv, (u + 1) / NH, (u + 1) % NH, T, C, NH);
-            head_forward(&h, u + 1 < B * NH ? &n : NULL, out + b * T * C + hh * hs, C, lse + u * T, qt, kr, vr, st, o, m, m + QR, m + 2 * QR);
+            head_forward(&h, u + 1 < B * NH ? &n : NULL, out + b * T * C + hh * hs, C, lse + u * T, qt, kr, vr, st, o,
+                         m, m + QR, m + 2 * QR);
         }
         cllm_free(qt);
     }
@@ -436,7 +437,8 @@ static void row_scores(const float *q, const float *kt, int64_t Tk, int64_t hs, 
     }
 }
 
-/* acc[:] += Σ_jj p[jj] · rows[jj][:] for jj < nk: tile_weighted_rows for one row.   p (KB), rows (nk,hs), acc (hs) */
+/* acc[:] += Σ_jj p[jj] · rows[jj][:] for jj < nk: weighted_sum for one row (P·V).
+ * p (KB), rows (nk,hs), acc (hs) */
 static void row_weighted_rows(const float *p, const float *rows, int64_t nk, int64_t hs, float *acc)
 {
     int64_t d = 0;
@@ -469,7 +471,7 @@ static void softmax_block_row(float *sr, int64_t valid, float *m, float *l, floa
 {
     float mx = *m;
     for (int64_t j = 0; j < valid; j++) mx = sr[j] > mx ? sr[j] : mx;
-    _Alignas(CLLM_ALIGN) float t[VW];
+    _Alignas(CLLM_ALIGN) float t[VW] = {0};
     vec vmx = vset1(mx);
     int64_t j = 0;
     for (; j + VW <= valid; j += VW) vstoreu(sr + j, vexp(vsub(vloadu(sr + j), vmx)));
