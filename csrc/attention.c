@@ -38,11 +38,6 @@ _Static_assert(CLLM_DECODE_UNIT_SCRATCH(0) == KB, "a decode unit's scratch holds
 #endif
 #define OT 4 /* divides QR and AK */
 #define MIN_THREAD_WORK 8192 /* decode: a thread's least share of score multiply-adds worth a parallel region */
-#if defined(_MSC_VER)
-#define ALWAYS_INLINE __forceinline
-#else
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-#endif
 
 /* Lane masks, as sliding windows: vloadu(KEEP_BELOW + 16 - u) keeps lanes < u, vloadu(KEEP_FROM + 16 - t) lanes
  * >= t, vloadu(NEG_BELOW + 16 - t) adds -inf to lanes < t (u, t in 0 .. VW). */
@@ -108,12 +103,12 @@ static void copy_rows(const float *src, int64_t ld, int64_t T, int64_t hs, int64
     memset(dst + T * hs, 0, sizeof(float) * (size_t)((Tp - T) * hs));
 }
 
-/* Prefetches rows r0 .. r1 (of hs floats, ld apart) into L2: the next unit's rows, a tile's worth at a time while
- * this unit computes. Rows 3C floats apart each start a new page, where hardware prefetchers do not follow. */
-static void prefetch_rows(const float *src, int64_t ld, int64_t r0, int64_t r1, int64_t hs)
+/* Rows r0 .. r1 of the next unit's q, k and v into L2, a tile's worth at a time while this unit computes: rows 3C
+ * floats apart each start a new page, where hardware prefetchers do not follow. */
+static void prefetch_head_rows(const head_t *next, int64_t r0, int64_t r1)
 {
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t d = 0; d < hs; d += 16) cllm_prefetch_l2(src + r * ld + d);
+    const float *parts[3] = {next->q, next->k, next->v};
+    for (int x = 0; x < 3; x++) cllm_prefetch_rows_l2(parts[x] + r0 * next->ld, next->ld, r1 - r0, next->hs);
 }
 
 /* st[j][r] = scale · Σ_d krow[j][d]·qt[d][r] for j < nk (a multiple of AK), r < QR.
@@ -243,8 +238,7 @@ static void head_forward(const head_t *h, const head_t *next, float *out, int64_
     copy_rows(h->v, h->ld, T, hs, h->Tk, vr);
     for (int64_t i0 = 0; i0 < T; i0 += QR) {
         int64_t nr = cllm_min(QR, T - i0), kend = i0 + nr;
-        if (next)
-            for (int x = 0; x < 3; x++) prefetch_rows(next->q + x * (next->k - next->q), next->ld, i0, kend, hs);
+        if (next) prefetch_head_rows(next, i0, kend);
         for (int r = 0; r < QR; r++) m[r] = -INFINITY, l[r] = 0.0f;
         memset(o, 0, sizeof(float) * QR * (size_t)hs);
         for (int64_t j0 = 0; j0 < kend; j0 += KB) {
@@ -344,9 +338,9 @@ static void head_backward(const head_t *h, const float *dout, const float *out, 
     for (int64_t i0 = 0; i0 < T; i0 += QR) {
         int64_t nr = cllm_min(QR, T - i0), kend = i0 + nr;
         if (next) { /* the next unit's rows of q, k, v, dout and out */
-            for (int x = 0; x < 3; x++) prefetch_rows(next->q + x * (next->k - next->q), next->ld, i0, kend, hs);
-            prefetch_rows(next_dout, ldo, i0, kend, hs);
-            prefetch_rows(next_out, ldo, i0, kend, hs);
+            prefetch_head_rows(next, i0, kend);
+            cllm_prefetch_rows_l2(next_dout + i0 * ldo, ldo, nr, hs);
+            cllm_prefetch_rows_l2(next_out + i0 * ldo, ldo, nr, hs);
         }
         memset(w->dqt, 0, sizeof(float) * QR * (size_t)hs);
         for (int64_t j0 = 0; j0 < kend; j0 += KB) {
@@ -549,8 +543,7 @@ int ISA_FN(cllm_attention_cache_store)(const float *qkv, float *kcache, float *v
         int64_t cell = slot * NH + hh;
         const float *k = qkv + C + hh * hs, *v = k + C;
         transpose_rows(k, 3 * C, T, hs, Tk, Tk, kcache + cell * hs * Tk); /* zeros past T: no stale keys */
-        float *vrows = vcache + cell * Tk * hs;
-        for (int64_t t = 0; t < T; t++) memcpy(vrows + t * hs, v + t * 3 * C, sizeof(float) * (size_t)hs);
+        move_rows(v, 3 * C, T, hs, vcache + cell * Tk * hs, hs);
     }
     return 0;
 }

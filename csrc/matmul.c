@@ -277,8 +277,7 @@ static void gemm_item(const gemm_t *g, int64_t item, float *Ap, float *Bp)
                 int64_t panel_rows = cllm_min(MR, mc - ir);
                 int last_k = g->post && k0 + kc == g->K;
                 if (last_k && g->post_in) /* the epilogue's input for this row panel, into L2 during the FMAs */
-                    for (int64_t i = ic + ir; i < ic + ir + panel_rows; i++)
-                        for (int64_t j = 0; j < nc; j += 16) cllm_prefetch_l2(g->post_in + i * g->ldc + j0 + j);
+                    cllm_prefetch_rows_l2(g->post_in + (ic + ir) * g->ldc + j0, g->ldc, panel_rows, nc);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     float *c = g->C + (ic + ir) * g->ldc + j0 + jr;
                     const float *bias = g->bias ? g->bias + j0 + jr : NULL;
@@ -444,11 +443,6 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
 #define PG 1
 #endif
 #define MIN_PART_FMAS 16384 /* a thread's least share of the work: less costs more to hand out than it saves */
-#if defined(_MSC_VER)
-#define ALWAYS_INLINE __forceinline
-#else
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-#endif
 
 /* y[r, c] for r < rows, c < ncols (<= panels·PANEL) over all of K; rows and panels are constants where it is
  * called, so the accumulators live in registers.   x rows K apart, y rows ldy apart, panels K·PANEL apart. */

@@ -49,6 +49,13 @@ static inline void cllm_free(void *p)
 #define cllm_prefetch_l2(p) __builtin_prefetch((p), 0, 2)
 #endif
 
+/* Every cache line of rows × cols floats, rows ld apart, into L2. */
+static inline void cllm_prefetch_rows_l2(const float *p, int64_t ld, int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c += 16) cllm_prefetch_l2(p + r * ld + c);
+}
+
 static inline int64_t cllm_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t cllm_round_up(int64_t a, int64_t b) { return cllm_ceil_div(a, b) * b; }
 static inline int64_t cllm_min(int64_t a, int64_t b) { return a < b ? a : b; }

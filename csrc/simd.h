@@ -22,6 +22,13 @@
 #define CLLM_CAT(a, b) CLLM_CAT_(a, b)
 #define ISA_FN(name) CLLM_CAT(name, CLLM_ISA)
 
+/* For register-tiled helpers whose constant arguments (tile sizes) must be folded at every call site. */
+#if defined(_MSC_VER)
+#define ALWAYS_INLINE __forceinline
+#else
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#endif
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define VW 16
