@@ -66,6 +66,24 @@ def activation_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict, dict, 
     return layer, once, scratch
 
 
+def float32_views(groups: list[dict]) -> list[dict]:
+    """For each {name: shape} of groups, uninitialised float32 arrays of those shapes, 64-byte aligned, all views of
+    one allocation that starts on a 2 MiB boundary. numpy asks the kernel for huge pages on big allocations, but
+    separate arrays start and end in small ones; a step's arrays in one mapping spend fewer page walks (costly in
+    a VM: 1-3% of a training step measured)."""
+    align, huge = 16, (2 << 20) // 4  # in floats
+    offsets, total = [], 0
+    for shapes in groups:
+        offsets.append({})
+        for name, shape in shapes.items():
+            offsets[-1][name] = total
+            total += -(-math.prod(shape) // align) * align
+    arena = np.empty(total + huge, dtype=np.float32)
+    start = (-arena.ctypes.data // 4) % huge
+    return [{name: arena[start + at: start + at + math.prod(shapes[name])].reshape(shapes[name])
+             for name, at in placed.items()} for shapes, placed in zip(groups, offsets)]
+
+
 def memory_estimate(config: ModelConfig, batch: int, seq: int) -> dict:
     """Bytes a training step on [batch, seq] needs: parameters, gradients and AdamW moments (16 bytes per
     parameter), the activations kept for the backward, and the backward's scratch."""
@@ -204,9 +222,8 @@ class Model:
             return self._acts
         self._acts = None  # free the old set first
         layer, once, scratch = activation_shapes(self.config, B, T)
-        alloc = lambda shapes: {name: np.empty(shape, dtype=np.float32) for name, shape in shapes.items()}
-        layers = [alloc(layer) for _ in range(self.config.n_layers)]
-        self._acts = {"shape": (B, T), "layers": layers, **alloc(once), **alloc(scratch)}
+        *layers, once, scratch = float32_views([layer] * self.config.n_layers + [once, scratch])
+        self._acts = {"shape": (B, T), "layers": layers, **once, **scratch}
         self._acts["res"] = [self._acts["res0"]] + [la["res"] for la in layers]  # the residual stream, by block
         return self._acts
 
