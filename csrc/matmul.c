@@ -79,13 +79,15 @@ typedef struct {
 } gemm_t;
 
 #if VW == 16
-/* dst[kc][12] <- the 12 rows a[i*rsa + k] (k < kc): 16×16 in-register transposes, about 3× the scalar copy. */
-static void pack_12_rows(const float *a, int64_t rsa, int64_t kc, float *dst)
+/* dst[k·ldd + i] <- a[i·rsa + k] for i < rows (<= 16), k < kc: a block of rows transposed through 16×16
+ * in-register transposes, about 3× the scalar copy. Packs A's row panels (12 rows) and wᵀ's column panels. */
+static void transpose_16_rows(const float *a, int64_t rsa, int rows, int64_t kc, float *dst, int64_t ldd)
 {
+    const __mmask16 valid = (__mmask16)((1u << rows) - 1);
     int64_t k = 0;
     for (; k + 16 <= kc; k += 16) {
         __m512 r[16], t[16], u[16];
-        for (int i = 0; i < 16; i++) r[i] = i < 12 ? _mm512_loadu_ps(a + i * rsa + k) : _mm512_setzero_ps();
+        for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_loadu_ps(a + i * rsa + k) : _mm512_setzero_ps();
         for (int i = 0; i < 16; i += 2) { /* per 128-bit lane: pairs of rows interleaved */
             t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
             t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -100,14 +102,14 @@ static void pack_12_rows(const float *a, int64_t rsa, int64_t kc, float *dst)
             __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
             __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
             __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
-            _mm512_mask_storeu_ps(dst + (k + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v0, v2, 0x88));
-            _mm512_mask_storeu_ps(dst + (k + 4 + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v0, v2, 0xDD));
-            _mm512_mask_storeu_ps(dst + (k + 8 + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v1, v3, 0x88));
-            _mm512_mask_storeu_ps(dst + (k + 12 + c) * 12, 0x0FFF, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+            _mm512_mask_storeu_ps(dst + (k + c) * ldd, valid, _mm512_shuffle_f32x4(v0, v2, 0x88));
+            _mm512_mask_storeu_ps(dst + (k + 4 + c) * ldd, valid, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+            _mm512_mask_storeu_ps(dst + (k + 8 + c) * ldd, valid, _mm512_shuffle_f32x4(v1, v3, 0x88));
+            _mm512_mask_storeu_ps(dst + (k + 12 + c) * ldd, valid, _mm512_shuffle_f32x4(v1, v3, 0xDD));
         }
     }
     for (; k < kc; k++)
-        for (int i = 0; i < 12; i++) dst[k * 12 + i] = a[i * rsa + k];
+        for (int i = 0; i < rows; i++) dst[k * ldd + i] = a[i * rsa + k];
 }
 #endif
 
@@ -118,7 +120,7 @@ static void pack_A(const gemm_t *g, int64_t i0, int64_t mc, int64_t k0, int64_t 
     if (g->csa == 1) { /* rows of A contiguous: read each row once */
         int64_t i = 0;
 #if VW == 16 && MR == 12
-        for (; i + MR <= mc; i += MR) pack_12_rows(a + i * g->rsa, g->rsa, kc, Ap + i * kc);
+        for (; i + MR <= mc; i += MR) transpose_16_rows(a + i * g->rsa, g->rsa, MR, kc, Ap + i * kc, MR);
 #endif
         for (; i < mc; i++) {
             float *dst = Ap + (i / MR) * MR * kc + i % MR;
@@ -161,6 +163,13 @@ static void pack_B(const gemm_t *g, int64_t k0, int64_t kc, int64_t j0, int64_t 
                 }
             }
         } else {
+#if VW == 16 && NR == 32
+            if (cols == NR && g->rsb == 1) { /* wᵀ: B's columns are w's rows */
+                transpose_16_rows(b, g->csb, 16, kc, Bp, NR);
+                transpose_16_rows(b + 16 * g->csb, g->csb, 16, kc, Bp + 16, NR);
+                continue;
+            }
+#endif
             for (int64_t c = 0; c < cols; c++)
                 for (int64_t k = 0; k < kc; k++) Bp[k * NR + c] = b[c * g->csb + k * g->rsb];
             for (int64_t c = cols; c < NR; c++)
