@@ -7,6 +7,7 @@
 #include "memory.h"
 
 #define CHUNK ((int64_t)1 << 16) /* elements per partial sum and per parallel work item */
+#define LANES 16 /* independent sums per chunk: vector registers of doubles, enough chains to hide the add latency */
 
 /* *out = Σ x² (n), each chunk summed in double, chunks added up the sphere tree. */
 int ISA_FN(cllm_sum_squares)(const float *x, int64_t n, double *out, int num_threads)
@@ -16,12 +17,14 @@ int ISA_FN(cllm_sum_squares)(const float *x, int64_t n, double *out, int num_thr
     if (!partials) return CLLM_ENOMEM;
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t k = 0; k < chunks; k++) {
-        double s[4] = {0.0, 0.0, 0.0, 0.0};
+        double s[LANES] = {0.0};
         int64_t i = k * CHUNK, end = cllm_min(n, i + CHUNK);
-        for (; i + 4 <= end; i += 4)
-            for (int r = 0; r < 4; r++) s[r] += (double)x[i + r] * x[i + r];
+        for (; i + LANES <= end; i += LANES)
+            for (int r = 0; r < LANES; r++) s[r] += (double)x[i + r] * x[i + r];
         for (; i < end; i++) s[0] += (double)x[i] * x[i];
-        partials[k] = (s[0] + s[1]) + (s[2] + s[3]);
+        for (int w = LANES / 2; w > 0; w /= 2) /* the lanes pairwise: the same order on every ISA */
+            for (int r = 0; r < w; r++) s[r] += s[r + w];
+        partials[k] = s[0];
     }
     *out = cllm_tree_sum_f64(partials, chunks);
     cllm_free(partials);
