@@ -47,10 +47,12 @@
 #define NC_MAX 512 /* columns of B packed at a time: KC×NC_MAX floats = 512 KiB fit in L2 */
 
 /* The sums over M of linear_backward (dw, db) are cut into chunks of rows computed in parallel and added up the
- * sphere tree. The chunk count depends on the shape only; scratch for the dw partials stays under a cap. A chunk's
- * db is summed from its dw GEMM's packed A (dyᵀ), so dy is read once for both. */
+ * sphere tree. The chunk count depends on the shape only; scratch for the dw partials stays under a cap. A dw of
+ * DW_WHOLE_FLOATS or more has row panels enough for any thread count, so it is one GEMM over all of M (the output
+ * head's: no 32 MB of partials). A chunk's db is summed from its dw GEMM's packed A (dyᵀ): dy is read once. */
 #define DW_CHUNK_ROWS 1024
 #define DW_SCRATCH_FLOATS ((int64_t)1 << 23)
+#define DW_WHOLE_FLOATS ((int64_t)1 << 20)
 #define DB_CHUNK_ROWS 64 /* db alone (no dw asked for) */
 
 enum store_mode { STORE, ACCUMULATE, ADD_BIAS };
@@ -398,7 +400,7 @@ int ISA_FN(cllm_linear_backward)(const float *dy, const float *x, const float *w
                                  int num_threads)
 {
     /* dw's M sum: chunks of at least DW_CHUNK_ROWS rows, as many as the scratch cap allows. */
-    int64_t chunks = cllm_max(1, cllm_ceil_div(M, DW_CHUNK_ROWS));
+    int64_t chunks = N * K >= DW_WHOLE_FLOATS ? 1 : cllm_max(1, cllm_ceil_div(M, DW_CHUNK_ROWS));
     chunks = cllm_min(chunks, cllm_max(1, DW_SCRATCH_FLOATS / cllm_max(1, N * K)));
     int64_t rows = cllm_ceil_div(M, chunks);
     chunks = M > 0 ? cllm_ceil_div(M, rows) : 1;
