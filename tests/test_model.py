@@ -111,6 +111,24 @@ def test_state_dict_names_shapes_and_one_buffer():
     assert model.n_params == config.n_params == sum(a.size for a in sd.values())
 
 
+def test_activation_buffers_are_disjoint_aligned_views_of_one_allocation():
+    from cllm.model import activation_shapes, float32_views
+
+    layer, once, scratch = activation_shapes(ModelConfig.preset("tiny"), 3, 17)  # odd sizes: ragged ends
+    groups = float32_views([layer, layer, once, scratch])
+    arrays = [a for group in groups for a in group.values()]
+    assert [{n: a.shape for n, a in g.items()} for g in groups] == [layer, layer, once, scratch]
+    base = arrays[0].base
+    assert all(a.base is base and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+    starts = sorted((a.ctypes.data, a.nbytes) for a in arrays)
+    assert starts[0][0] % (2 << 20) == 0  # the first on a huge-page boundary
+    assert all(s % 64 == 0 for s, _ in starts)  # every one on a cache line
+    assert all(s + n <= t for (s, n), (t, _) in zip(starts, starts[1:]))  # none overlaps the next
+    for i, a in enumerate(arrays):  # writing one leaves the others as they were
+        a[...] = i
+    assert all((a == i).all() for i, a in enumerate(arrays))
+
+
 def test_initialisation():
     config = ModelConfig(vocab_size=500, context_length=64, d_model=128, n_layers=4, n_heads=4)
     sd = cllm.Model(config, seed=7).state_dict()
