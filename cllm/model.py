@@ -70,7 +70,7 @@ def float32_views(groups: list[dict]) -> list[dict]:
     """For each {name: shape} of groups, uninitialised float32 arrays of those shapes, 64-byte aligned, all views of
     one allocation that starts on a 2 MiB boundary. numpy asks the kernel for huge pages on big allocations, but
     separate arrays start and end in small ones; a step's arrays in one mapping spend fewer page walks (costly in
-    a VM: 1-3% of a training step measured)."""
+    a VM: 6-7% of a training step, docs/performance.md)."""
     align, huge = 16, (2 << 20) // 4  # in floats
     offsets, total = [], 0
     for shapes in groups:

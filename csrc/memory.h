@@ -10,7 +10,7 @@
 #endif
 
 #define CLLM_ALIGN 64
-#define CLLM_HUGE ((size_t)2 << 20)    /* a transparent huge page on x86-64 and arm64 Linux */
+#define CLLM_HUGE ((size_t)2 << 20)    /* a transparent huge page (x86-64; arm64 with 4 KiB pages) */
 #define CLLM_HUGE_FROM ((size_t)1 << 20) /* buffers of this size or more are made of whole huge pages */
 
 #if defined(_MSC_VER) && !defined(__cplusplus)
