@@ -72,16 +72,16 @@ def float32_views(groups: list[dict]) -> list[dict]:
     separate arrays start and end in small ones; a step's arrays in one mapping spend fewer page walks (costly in
     a VM: 6-7% of a training step, docs/performance.md)."""
     align, huge = 16, (2 << 20) // 4  # in floats
-    offsets, total = [], 0
+    padded = lambda shape: -(-math.prod(shape) // align) * align
+    arena = np.empty(sum(padded(s) for shapes in groups for s in shapes.values()) + huge, dtype=np.float32)
+    at = (-arena.ctypes.data // 4) % huge  # the first 2 MiB boundary
+    views = []
     for shapes in groups:
-        offsets.append({})
+        views.append({})
         for name, shape in shapes.items():
-            offsets[-1][name] = total
-            total += -(-math.prod(shape) // align) * align
-    arena = np.empty(total + huge, dtype=np.float32)
-    start = (-arena.ctypes.data // 4) % huge
-    return [{name: arena[start + at: start + at + math.prod(shapes[name])].reshape(shapes[name])
-             for name, at in placed.items()} for shapes, placed in zip(groups, offsets)]
+            views[-1][name] = arena[at: at + math.prod(shape)].reshape(shape)
+            at += padded(shape)
+    return views
 
 
 def memory_estimate(config: ModelConfig, batch: int, seq: int) -> dict:
