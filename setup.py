@@ -1,8 +1,11 @@
 """Build cllm's two extension modules (ARCHITECTURE.md "Layout"):
 
-  cllm._core._kernels   Cython over the C kernels in csrc/; the ISA sources are compiled once per instruction set
-                        (baseline, AVX2+FMA, AVX-512) and chosen at run time by CPUID (csrc/dispatch.c)
-  cllm._core._bpe       pybind11, C++ (csrc/bpe/)
+  cllm._core._kernels   Cython (cllm/_core/_kernels.pyx, declarations in _kernels.pxd) over the C in csrc/: the
+                        kernels of csrc/kernels/ are compiled once per instruction set (baseline, AVX2+FMA,
+                        AVX-512) and chosen at run time by CPUID (csrc/runtime/dispatch.c); csrc/runtime/ once
+  cllm._core._bpe       pybind11 (cllm/_core/_bpe.cpp, bind_*.cpp) over the C++ of csrc/bpe/
+
+Every source list is a sorted glob of its folder: a new kernel file is built by being there.
 
 Build-time environment:
   CLLM_NATIVE=1         add -march=native (binaries then run only on CPUs like this one)
@@ -26,11 +29,10 @@ try:  # setuptools >= 65 vendors distutils; older ones use the stdlib's
 except ImportError:  # pragma: no cover
     from distutils.errors import CompileError, LinkError
 
-# the kernels, one copy per instruction set
-ISA_SOURCES = ["csrc/" + f for f in ("matmul.c", "embedding.c", "layernorm.c", "attention.c", "gelu.c",
-                                     "crossentropy.c", "adamw.c", "decode.c")]
-KERNEL_SOURCES = ["cllm/_core/_kernels.pyx", "csrc/dispatch.c", "csrc/threads.c", "csrc/scratch.c"]
-DEPENDS = sorted(glob("csrc/**/*.[ch]", recursive=True) + glob("csrc/**/*.hpp", recursive=True))
+ISA_SOURCES = sorted(glob("csrc/kernels/*.c"))  # the kernels, one copy per instruction set
+KERNEL_SOURCES = ["cllm/_core/_kernels.pyx"] + sorted(glob("csrc/runtime/*.c"))  # dispatch, threads, scratch: once
+DEPENDS = sorted(glob("csrc/**/*.[ch]", recursive=True) + glob("csrc/**/*.hpp", recursive=True)
+                 + glob("cllm/_core/*.pxd"))
 GENERATED = os.path.join("build", "generated")  # headers made at build time (the Unicode tables of the tokenizer)
 
 # Instruction-set flags per compiler family; the probe program must compile with them for the ISA to be built.

@@ -21,7 +21,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import cllm
-from cllm.bench import build_report, env_settings, to_text
+from cllm.evaluate.bench import build_report, env_settings, to_text
 
 THREADS, QUICK = env_settings()
 PEERS = ("torch", "tokenizers", "tiktoken", "resiliparse", "safetensors")

@@ -25,7 +25,7 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 def tokens_folder(root: Path) -> Path:
-    from cllm.tokenize_stage import tokenize_corpus
+    from cllm.tokenizer.stage import tokenize_corpus
 
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     listing = root / "files.txt"

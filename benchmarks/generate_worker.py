@@ -29,7 +29,7 @@ from train_step_worker import busy_cpu_seconds  # noqa: E402
 def cllm_session(cfg, threads):
     """(prefill(ids) -> first token, decode(token) -> next token, generate(ids, n) -> ids) for cllm."""
     import cllm
-    from cllm.decoder import Decoder
+    from cllm.model.decoder import Decoder
 
     cllm.set_num_threads(threads)
     model = cllm.Model(cfg, seed=0)

@@ -78,7 +78,7 @@ def test_peer_cached_inference_matches():
     torch = pytest.importorskip("torch")
     from peers.torch_gpt import GPT
 
-    from cllm.decoder import Decoder
+    from cllm.model.decoder import Decoder
 
     cfg = cllm.ModelConfig.preset("tiny")
     model = cllm.Model(cfg, seed=0)

@@ -47,7 +47,7 @@ import pytest
 
 import cllm
 from cllm import kernels
-from cllm.model import is_decayed, parameter_shapes
+from cllm.model.parameters import is_decayed, parameter_shapes
 
 from conftest import THREADS, quick, settle
 

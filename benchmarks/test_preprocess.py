@@ -13,11 +13,11 @@ import sysconfig
 
 import pytest
 
-from cllm.collect import collect
-from cllm.documents import html_main_text
-from cllm.fetch import Fetched
-from cllm.preprocess import preprocess
-from cllm.warc import WarcWriter
+from cllm.corpus.collect import collect
+from cllm.corpus.preprocess.documents import html_main_text
+from cllm.corpus.crawl.fetch import Fetched
+from cllm.corpus.preprocess import preprocess
+from cllm.corpus.crawl.warc import WarcWriter
 
 from conftest import NOTES, THREADS, quick, settle
 

@@ -18,7 +18,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from .atomic import atomic_write
+from .runtime.atomic import atomic_write
 
 __all__ = ["PipelineOptions", "pipeline", "default_source"]
 
@@ -136,28 +136,28 @@ class _Stages:
 # --- the stages ---------------------------------------------------------------------------------------------------
 
 def _collect(folders, out: Path, include, exclude) -> dict:
-    from .collect import collect
+    from .corpus.collect import collect
 
     report = collect(folders, out, include=include, exclude=exclude)
     return {"files": report["files"].get("ok", 0), "bytes": report["bytes"]}
 
 
 def _crawl(urls, out: Path, options: PipelineOptions) -> dict:
-    from .crawl import CrawlOptions, crawl
+    from .corpus.crawl.crawler import CrawlOptions, crawl
 
     report = crawl(urls, out, CrawlOptions(max_pages=options.max_pages), progress=options.progress)
     return {"pages": report["pages"], "bytes": report["bytes"]}
 
 
 def _preprocess(inputs, out: Path, options: PipelineOptions) -> dict:
-    from .preprocess import preprocess
+    from .corpus.preprocess.stage import preprocess
 
     report = preprocess(inputs, out, threads=options.threads, progress=options.progress)
     return {"documents": report["documents"], "kept": report["kept"], "characters": report["chars_out"]}
 
 
 def _tokenize(clean: Path, out: Path, options: PipelineOptions) -> dict:
-    from .tokenize_stage import tokenize_corpus
+    from .tokenizer.stage import tokenize_corpus
 
     stats = tokenize_corpus([clean], out, vocab_size=options.vocab_size, num_threads=options.threads,
                             progress=options.progress)
@@ -166,7 +166,7 @@ def _tokenize(clean: Path, out: Path, options: PipelineOptions) -> dict:
 
 
 def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, resume: bool) -> dict:
-    from .trainer import train
+    from .train.trainer import train
 
     if seconds < 5:
         raise ValueError(f"pipeline: the budget of {options.budget_minutes} minutes leaves {seconds:.0f} s for "
@@ -181,9 +181,9 @@ def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, re
 
 
 def _evaluate(work: Path, out: Path, options: PipelineOptions) -> dict:
-    from .evaluate import evaluate
-    from .fileformat import load
-    from .threads import get_num_threads, threads
+    from .evaluate.metrics import evaluate
+    from .model import load
+    from .runtime.threads import get_num_threads, threads
 
     model = load(work / "model" / "model.cllm")
     with threads(options.threads or get_num_threads()):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from cllm import bench
+from cllm.evaluate import bench
 from cllm.cli import main
 
 

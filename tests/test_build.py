@@ -50,4 +50,4 @@ def test_public_api():
     with cllm.threads(3):
         assert cllm.get_num_threads() == 3
     # the module stays importable under its own name although cllm.threads is the context manager
-    assert importlib.import_module("cllm.threads").resolve_num_threads(5) == 5
+    assert importlib.import_module("cllm.runtime.threads").resolve_num_threads(5) == 5

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from cllm.cli import main
-from cllm.collect import collect
+from cllm.corpus.collect import collect
 
 
 def cli(args) -> int:

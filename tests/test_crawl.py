@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from cllm.cli import main
-from cllm.crawl import CrawlOptions, crawl
-from cllm.fetch import Limits
-from cllm.textclean import decode
-from cllm.urls import canonical
-from cllm.warc import iter_responses
+from cllm.corpus.crawl import CrawlOptions, crawl
+from cllm.corpus.crawl.fetch import Limits
+from cllm.corpus.textclean import decode
+from cllm.corpus.crawl.urls import canonical
+from cllm.corpus.crawl.warc import iter_responses
 
 from crawl_site import FRENCH, RUSSIAN, Site
 

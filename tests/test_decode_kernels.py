@@ -143,7 +143,7 @@ def test_gpt_decode_step(isa, rng):
     """The whole-model step (csrc/decode.c) built by cllm.decoder.Decoder: Model.forward's bits at every row's
     position, the same for every thread count, and its checks."""
     import cllm
-    from cllm.decoder import Decoder
+    from cllm.model.decoder import Decoder
 
     cfg = cllm.ModelConfig(vocab_size=70, context_length=128, d_model=192, n_layers=2, n_heads=3)  # work for threads
     model = cllm.Model(cfg, seed=2)

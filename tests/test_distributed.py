@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import cllm
-from cllm.distributed import GradientSum, World
-from cllm.threads import effective_cpu_count, sphere_tree, tree_sum
+from cllm.train.distributed import GradientSum, World
+from cllm.runtime.threads import effective_cpu_count, sphere_tree, tree_sum
 
 from test_train import RUN, tokens, weights  # noqa: F401 (tokens: the small corpus fixture)
 
@@ -49,17 +49,18 @@ OPTIONS = {**{k: v for k, v in RUN.items() if k != "model"}, "model": "tiny", "m
 
 WORKER = textwrap.dedent("""
     import json, os, sys
-    import cllm, cllm.trainer
-    from cllm.distributed import world
+    import cllm
+    from cllm.train import trainer
+    from cllm.train.distributed import world
     args = json.loads(sys.argv[1])
     w = world()
     if args.pop("perturb", False) and w.rank == 1:  # rank 1 starts from other weights
-        start = cllm.trainer.Trainer._start
+        start = trainer.Trainer._start
         def perturbed(self):
             model, *rest = start(self)
             model.params[0] += 1e-3
             return (model, *rest)
-        cllm.trainer.Trainer._start = perturbed
+        trainer.Trainer._start = perturbed
     print(json.dumps({"rank": w.rank, "size": w.size, "pid": os.getpid(), "threads": w.default_threads()}),
           flush=True)
     cllm.train(args.pop("data"), **args)
@@ -153,13 +154,13 @@ def test_ranks_must_share_the_micro_batches():
 
 
 def test_a_plain_run_never_initialises_mpi():
-    code = "import sys, cllm; from cllm.distributed import world; print(world().size, 'mpi4py' in sys.modules)"
+    code = "import sys, cllm; from cllm.train.distributed import world; print(world().size, 'mpi4py' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
     assert out.stdout.split() == ["1", "False"], out.stderr
 
 
 def test_a_launcher_without_mpi4py_is_an_error():
-    code = "import sys; sys.modules['mpi4py'] = None; from cllm.distributed import world; world()"
+    code = "import sys; sys.modules['mpi4py'] = None; from cllm.train.distributed import world; world()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env=env(OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="0"))
     assert out.returncode == 1

@@ -12,7 +12,7 @@ import pytest
 import cllm
 from cllm import cli
 from cllm.evaluate import complete, evaluate
-from cllm.tokenize_stage import tokenize_corpus
+from cllm.tokenizer.stage import tokenize_corpus
 
 import tiny_lm
 

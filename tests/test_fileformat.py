@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cllm
-from cllm import fileformat as ff
+from cllm.formats import container as ff
+from cllm.model import read as read_cllm
 from cllm.cli import main as cli
 
 TINY = cllm.ModelConfig(vocab_size=300, context_length=8, d_model=8, n_layers=1, n_heads=2)
@@ -81,7 +82,7 @@ def test_round_trip(tmp_path, mmap, tokenizer):
 def test_checkpoint_round_trip(tmp_path, mmap):
     path = tmp_path / "ck.cllm"
     model, opt = trained_checkpoint(path)
-    f = ff.read(path, mmap=mmap, verify=True)
+    f = read_cllm(path, mmap=mmap, verify=True)
     assert_same_model(f.model, model)
     np.testing.assert_array_equal(f.optimizer["m"], opt.m)
     np.testing.assert_array_equal(f.optimizer["v"], opt.v)

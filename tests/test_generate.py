@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import cllm
-from cllm.decoder import Decoder
-from cllm.generate import Sampling, window_start
+from cllm.model.decoder import Decoder
+from cllm.model.generate import Sampling, window_start
 
 import tiny_lm
 

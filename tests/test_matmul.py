@@ -12,7 +12,7 @@ from cllm import kernels
 
 from conftest import THREAD_COUNTS, rel_err
 
-tree_sum = importlib.import_module("cllm.threads").tree_sum
+tree_sum = importlib.import_module("cllm.runtime.threads").tree_sum
 
 SIZES = (1, 7, 33, 64, 257)
 TOL = 1e-5

@@ -8,6 +8,7 @@ import pytest
 import cllm
 import reference as R
 from cllm import ModelConfig
+from cllm.model.parameters import is_decayed
 
 from conftest import THREAD_COUNTS, rel_err
 
@@ -112,7 +113,8 @@ def test_state_dict_names_shapes_and_one_buffer():
 
 
 def test_activation_buffers_are_disjoint_aligned_views_of_one_allocation():
-    from cllm.model import activation_shapes, float32_views
+    from cllm.kernels import float32_views
+    from cllm.model.parameters import activation_shapes
 
     layer, once, scratch = activation_shapes(ModelConfig.preset("tiny"), 3, 17)  # odd sizes: ragged ends
     groups = float32_views([layer, layer, once, scratch])
@@ -221,10 +223,10 @@ def test_adamw_matches_pytorch_formula(rng):
         assert rel_err(model.params, p) <= 1e-5
     sd = model.state_dict()
     names = list(sd)
-    assert decay.tolist() == [cllm.model.is_decayed(n) for n in names]
-    assert cllm.model.is_decayed("transformer.wte.weight") and not cllm.model.is_decayed("transformer.wpe.weight")
-    assert not cllm.model.is_decayed("transformer.h.0.ln_1.weight")
-    assert not cllm.model.is_decayed("transformer.h.0.attn.c_attn.bias")
+    assert decay.tolist() == [is_decayed(n) for n in names]
+    assert is_decayed("transformer.wte.weight") and not is_decayed("transformer.wpe.weight")
+    assert not is_decayed("transformer.h.0.ln_1.weight")
+    assert not is_decayed("transformer.h.0.attn.c_attn.bias")
 
 
 def test_adamw_validation():

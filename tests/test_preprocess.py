@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from cllm.cli import main
-from cllm.collect import collect
-from cllm.fetch import Fetched
-from cllm.filters import Thresholds, quality_issue
-from cllm.minhash import LSHIndex, signature
-from cllm.preprocess import preprocess
-from cllm.textclean import decode, normalize
-from cllm.tokenize_stage import iter_documents
-from cllm.warc import WarcWriter
+from cllm.corpus.collect import collect
+from cllm.corpus.crawl.fetch import Fetched
+from cllm.corpus.preprocess.filters import Thresholds, quality_issue
+from cllm.corpus.preprocess.minhash import LSHIndex, signature
+from cllm.corpus.preprocess import preprocess
+from cllm.corpus.textclean import decode, normalize
+from cllm.tokenizer.stage import iter_documents
+from cllm.corpus.crawl.warc import WarcWriter
 
 from crawl_site import FRENCH
 from html_corpus import WORDS, corpus, page
@@ -75,8 +75,8 @@ def test_decode_order():
 
 
 def test_xhtml_with_xml_declaration():
-    from cllm.documents import html_main_text
-    from cllm.urls import extract_links
+    from cllm.corpus.preprocess.documents import html_main_text
+    from cllm.corpus.crawl.urls import extract_links
 
     html = '<?xml version="1.0" encoding="iso-8859-1"?>\n<html><body><a href="/x">x</a><p>' + prose(1) + "</p>"
     assert extract_links(html, "http://h.test/")[0] == ["http://h.test/x"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reference
-from cllm.config import ModelConfig
+from cllm.model.config import ModelConfig
 
 CONFIG = ModelConfig(vocab_size=11, context_length=5, d_model=8, n_layers=2, n_heads=2)
 STD = 0.3  # larger than the training init, so that attention is far from uniform and every path matters

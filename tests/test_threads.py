@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 # cllm/__init__.py re-exports the function `threads`, which shadows the submodule attribute `cllm.threads`;
 # import_module returns the module itself either way.
-T = importlib.import_module("cllm.threads")
+T = importlib.import_module("cllm.runtime.threads")
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import cllm
 from cllm import Tokenizer
-from cllm.data import ShardWriter, read_shard
-from cllm.tokenize_stage import is_validation
+from cllm.tokenizer.shards import ShardWriter, read_shard
+from cllm.tokenizer.stage import is_validation
 
 from conftest import THREAD_COUNTS
 

@@ -15,7 +15,7 @@ import pytest
 
 import cllm
 from cllm.cli import main as cli
-from cllm.tokenize_stage import tokenize_corpus
+from cllm.tokenizer.stage import tokenize_corpus
 
 # Small enough to train in a second: 8 windows of 32 tokens per step.
 RUN = dict(model=cllm.ModelConfig(vocab_size=320, context_length=32, d_model=32, n_layers=2, n_heads=2),
@@ -90,16 +90,16 @@ WORKER = textwrap.dedent("""
     import cllm
     args = json.loads(sys.argv[1])
     if os.environ.get("SLOW_CHECKPOINT"):  # make the 3rd checkpoint's fsync slow, so the test can kill inside it
-        import cllm.atomic, time
+        import cllm.runtime.atomic, time
         calls = [0]
-        real_fsync = cllm.atomic.os.fsync
+        real_fsync = cllm.runtime.atomic.os.fsync
         def slow_fsync(fd):
             calls[0] += 1
             if calls[0] == 3:
                 print("in checkpoint", flush=True)
                 time.sleep(30)
             real_fsync(fd)
-        cllm.atomic.os.fsync = slow_fsync
+        cllm.runtime.atomic.os.fsync = slow_fsync
     print("started", flush=True)
     cllm.train(args.pop("data"), **args)
 """)
@@ -172,7 +172,7 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes_the_same(tokens, tmp_pat
     assert proc.returncode == 130, err
     assert "stopped by SIGINT" in err and "checkpoint written to" in err and "Traceback" not in err
     checkpoint = err.split("checkpoint written to ")[1].split(". Run")[0]
-    f = cllm.fileformat.read(checkpoint, verify=True)
+    f = cllm.model.read(checkpoint, verify=True)
     assert 0 < f.trainer_state["step"] < f.trainer_state["planned_steps"]
     assert not out.exists(), "an interrupted run does not write the final model"
     assert subprocess.run(argv, capture_output=True).returncode == 0  # resumes and finishes

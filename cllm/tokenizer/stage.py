@@ -1,0 +1,125 @@
+"""The tokenize stage: documents -> a trained (or given) tokenizer + train/val token shards + stats.json.
+
+Documents come from, per input path: a directory of ``*.jsonl`` shards (the output of ``cllm preprocess``: one
+JSON object with a "text" field per line), a single ``.jsonl`` file, a directory of text files (each file one
+document), or a file list (any other file: one path per line; blank lines and lines starting with # are skipped).
+Each document goes to the validation set when a hash of its bytes falls under ``val_fraction``: deterministic,
+independent of the order of the inputs and of the thread count. The tokenizer is trained on the training
+documents only. Every document is followed by ``<|endoftext|>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .shards import ShardWriter
+from ..runtime.threads import resolve_num_threads
+from .bpe import BATCH_BYTES, END_OF_TEXT as EOT, Tokenizer, _progress
+
+__all__ = ["iter_documents", "tokenize_corpus"]
+
+
+
+def _document_files(path: Path) -> tuple[list[Path], bool]:
+    """(files, are_jsonl) for one input path."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        jsonl = [p for p in files if p.name.endswith(".jsonl")]
+        return (jsonl, True) if jsonl else (files, False)
+    if path.is_file():
+        if path.name.endswith(".jsonl"):
+            return [path], True
+        lines = path.read_text(encoding="utf-8").splitlines()
+        listed = [Path(s.strip()) for s in lines if s.strip() and not s.lstrip().startswith("#")]
+        missing = [p for p in listed if not p.is_file()]
+        if missing:
+            raise ValueError(f"tokenize: {path} lists {len(missing)} files that do not exist, e.g. {missing[0]}")
+        return listed, False
+    raise ValueError(f"tokenize: input {path} does not exist")
+
+
+def iter_documents(inputs) -> Iterator[bytes]:
+    """Every document of the inputs, as bytes, in a fixed order."""
+    for path in map(Path, inputs):
+        files, jsonl = _document_files(path)
+        for f in files:
+            if not jsonl:
+                yield f.read_bytes()
+                continue
+            with open(f, "rb") as lines:
+                for n, line in enumerate(lines, 1):
+                    if line.strip():
+                        try:
+                            yield json.loads(line)["text"].encode("utf-8", "surrogatepass")
+                        except (ValueError, KeyError, TypeError, AttributeError):
+                            raise ValueError(f"tokenize: {f} line {n} is not a JSON object with a \"text\" string")
+
+
+def is_validation(document: bytes, val_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(document, digest_size=8).digest(), "little")
+    return h < val_fraction * 2**64
+
+
+def tokenize_corpus(inputs, output, *, vocab_size: int = 50_000, val_fraction: float = 0.05, tokenizer=None,
+                    pattern: str = "gpt2", num_threads=None, shard_tokens: int = 100_000_000,
+                    progress: bool = True) -> dict:
+    """Train (or load, with ``tokenizer=`` a tokenizer.json path) a tokenizer and write token shards to output/:
+    tokenizer.json, train_NNNN.bin, val_NNNN.bin, stats.json. Returns the stats."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"tokenize: val_fraction must be in [0, 1) (got {val_fraction!r})")
+    nt = resolve_num_threads(num_threads, "tokenize: num_threads")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if tokenizer is None:
+        train_docs = (d for d in iter_documents(inputs) if not is_validation(d, val_fraction))
+        tok = Tokenizer.train(_progress(train_docs, progress, "training tokenizer"), vocab_size,
+                              special_tokens=(EOT,), pattern=pattern, num_threads=nt)
+    else:
+        tok = Tokenizer.load(tokenizer)
+        if EOT not in tok.special_tokens:
+            raise ValueError(f"tokenize: the tokenizer {tokenizer} has no {EOT} special token")
+    tok.save(output / "tokenizer.json")
+    trained = time.perf_counter()
+
+    eot = np.array([tok.special_tokens[EOT]], dtype=np.uint32)
+    writers = {split: ShardWriter(output, split, tok.vocab_size, shard_tokens) for split in ("train", "val")}
+    counts = {split: {"documents": 0, "bytes": 0, "tokens": 0} for split in writers}
+
+    def flush(batch):
+        for split, docs in batch.items():
+            if docs:
+                for ids in tok.encode_batch_to_arrays(docs, nt):
+                    writers[split].write(np.concatenate([ids, eot]))
+                    counts[split]["tokens"] += ids.size + 1
+            docs.clear()
+
+    batch, size = {"train": [], "val": []}, 0
+    for doc in _progress(iter_documents(inputs), progress, "tokenizing"):
+        split = "val" if is_validation(doc, val_fraction) else "train"
+        batch[split].append(doc)
+        counts[split]["documents"] += 1
+        counts[split]["bytes"] += len(doc)
+        size += len(doc)
+        if size >= BATCH_BYTES:
+            flush(batch)
+            size = 0
+    flush(batch)
+    shards = {split: [p.name for p in w.close()] for split, w in writers.items()}
+    if not counts["train"]["documents"]:
+        raise ValueError("tokenize: no training documents (empty inputs, or val_fraction too high)")
+    stats = {
+        "vocab_size": tok.vocab_size, "pattern": tok.pattern, "dtype": writers["train"].dtype.name,
+        **{split: {**c, "bytes_per_token": c["bytes"] / max(c["tokens"], 1), "shards": shards[split]}
+           for split, c in counts.items()},
+        "seconds": {"tokenizer": trained - start, "encoding": time.perf_counter() - trained},
+        "threads": nt,
+    }
+    (output / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    return stats

@@ -1,0 +1,101 @@
+"""The options of a training run (``cllm.train(data, **options)``), validated, with their defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from ..model.config import PRESETS, ModelConfig
+from ..optim.schedules import SCHEDULES
+
+__all__ = ["TrainConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``cllm.train`` needs besides the data, with the defaults it documents (docs/training.md).
+
+    ``model``: a preset name ("tiny", "mini", "small", "base": its widths and depth, with the vocabulary taken from the
+    data's tokenizer rounded up to a multiple of 64 and context_length = seq_len) or a ModelConfig (used as is).
+    ``batch_size`` is the global batch in sequences of ``seq_len`` tokens; ``micro_batch`` (None: chosen to fit
+    memory) must divide it. The run ends after ``epochs`` passes over the training windows, or earlier at
+    ``max_steps``, after ``time_budget`` seconds, or when the validation loss has not improved for ``patience``
+    evaluations. ``warmup`` None: 5% of the planned steps (at most 1,000; at most 100 with a time budget). ``eval_every`` / ``checkpoint_every``
+    None: at every tenth of the run's progress (steps, or the time budget, whichever is further along).
+    """
+
+    model: object = "small"
+    threads: int | None = None
+    batch_size: int = 128
+    seq_len: int = 512
+    epochs: int = 1
+    max_steps: int | None = None
+    time_budget: float | None = None
+    lr: float = 6e-4
+    min_lr: float | None = None
+    warmup: int | None = None
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    micro_batch: int | None = None
+    eval_every: int | None = None
+    eval_tokens: int = 32_768
+    patience: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 3
+    output: str = "model.cllm"
+    resume: bool = True
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        def integer(name, low, optional=False):
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"TrainConfig: {name} must be an integer >= {low}{' or None' if optional else ''} "
+                                 f"(got {value!r})")
+
+        def number(name, low, optional=False, open_low=False):
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            if not ok or value < low or (open_low and value == low) or value == float("inf"):
+                raise ValueError(f"TrainConfig: {name} must be a finite number {'>' if open_low else '>='} {low}"
+                                 f"{' or None' if optional else ''} (got {value!r})")
+
+        if not isinstance(self.output, (str, os.PathLike)):
+            raise ValueError(f"TrainConfig: output must be a path (got {self.output!r})")
+        object.__setattr__(self, "output", os.fspath(self.output))
+        if not (isinstance(self.model, ModelConfig) or self.model in PRESETS):
+            raise ValueError(f"TrainConfig: model must be one of {sorted(PRESETS)} or a cllm.ModelConfig "
+                             f"(got {self.model!r})")
+        for name in ("batch_size", "seq_len", "epochs", "eval_tokens", "keep_checkpoints"):
+            integer(name, 1)
+        for name in ("threads", "max_steps", "micro_batch", "eval_every", "patience", "checkpoint_every"):
+            integer(name, 1, optional=True)
+        integer("warmup", 0, optional=True)
+        integer("seed", 0)
+        number("lr", 0, open_low=True)
+        number("min_lr", 0, optional=True)
+        number("weight_decay", 0)
+        number("grad_clip", 0, optional=True, open_low=True)
+        number("time_budget", 0, optional=True, open_low=True)
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise ValueError(f"TrainConfig: min_lr must be <= lr = {self.lr} (got {self.min_lr!r})")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig: schedule must be one of {SCHEDULES} (got {self.schedule!r})")
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise ValueError(f"TrainConfig: micro_batch must divide batch_size = {self.batch_size} "
+                             f"(got {self.micro_batch})")
+        if isinstance(self.model, ModelConfig) and self.seq_len > self.model.context_length:
+            raise ValueError(f"TrainConfig: seq_len {self.seq_len} is longer than the model's context_length "
+                             f"{self.model.context_length}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(self.model, ModelConfig):
+            d["model"] = self.model.to_dict()
+        return d
