@@ -205,14 +205,21 @@ class Model:
         self._forward(idx, logits, get_num_threads())
         return logits.reshape(B, T, -1)
 
-    def token_losses(self, idx, targets) -> np.ndarray:
-        """Cross-entropy of each target [B, T] given idx [B, T] (0 where the target is -1), float32; no gradients."""
+    def token_losses(self, idx, targets, *, ranks: bool = False):
+        """Cross-entropy of each target [B, T] given idx [B, T] (0 where the target is -1), float32; no gradients.
+        With ``ranks``, also the rank of each target among the logits [B, T] int64 (how many are larger: 0 means
+        top-1; a tie counts for the target; 0 where the target is -1): ``(losses, ranks)``."""
         idx, targets = self._check_pair(idx, targets)
         a = self._activations(*idx.shape)
         nt = get_num_threads()
         self._forward(idx, a["logits"], nt)
-        losses = K.crossentropy(a["logits"], targets.reshape(-1), write_grad=False, num_threads=nt)
-        return losses.reshape(idx.shape)
+        flat = targets.reshape(-1)
+        losses = K.crossentropy(a["logits"], flat, write_grad=False, num_threads=nt).reshape(idx.shape)
+        if not ranks:
+            return losses
+        target_logit = a["logits"][np.arange(flat.size), np.maximum(flat, 0)]
+        rank = (a["logits"] > target_logit[:, None]).sum(axis=1) * (flat != -1)
+        return losses, rank.reshape(idx.shape)
 
     def forward_backward(self, idx, targets, *, accumulate: bool = False, loss_scale: float = 1.0) -> float:
         """Mean cross-entropy of predicting targets [B, T] (-1 = ignore) from idx [B, T]; leaves the gradients of
