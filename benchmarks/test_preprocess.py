@@ -61,7 +61,7 @@ def test_preprocess(benchmark, record_rate, request, tmp_path, name, workers):
     reports = []
 
     def run():
-        reports.append(preprocess(source, tmp_path / "out", threads=workers, progress=False))
+        reports.append(preprocess(source, tmp_path / "out", workers=workers, progress=False))
 
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     r = reports[-1]

@@ -30,8 +30,8 @@ class PipelineOptions:
 
     sources: tuple = ()  # folders or http(s) URLs; () = the Python standard library's sources
     workdir: str = "cllm-run"
-    budget_minutes: float = 15.0
-    threads: int | None = None
+    time_budget: float = 900.0  # seconds, the whole run's
+    num_threads: int | None = None
     vocab_size: int = 8192
     model: str = "mini"
     seq_len: int = 64
@@ -42,8 +42,8 @@ class PipelineOptions:
     progress: bool = True
 
     def __post_init__(self):
-        if not (isinstance(self.budget_minutes, (int, float)) and self.budget_minutes > 0):
-            raise ValueError(f"pipeline: budget must be a number of minutes > 0 (got {self.budget_minutes!r})")
+        if not (isinstance(self.time_budget, (int, float)) and self.time_budget > 0):
+            raise ValueError(f"pipeline: time_budget must be a number of seconds > 0 (got {self.time_budget!r})")
         for s in self.sources:
             if not _is_url(s) and not Path(s).is_dir():
                 raise ValueError(f"pipeline: source {s} is neither a folder nor an http(s) URL")
@@ -87,7 +87,7 @@ def pipeline(options: PipelineOptions, log=print) -> dict:
     runner.run("preprocess", "clean", {}, lambda out: _preprocess(corpus_inputs, out, options))
     runner.run("tokenize", "tokens", {"vocab_size": options.vocab_size},
                lambda out: _tokenize(work / "clean", out, options))
-    budget = options.budget_minutes * 60
+    budget = options.time_budget
     train_options = {"model": options.model, "seq_len": options.seq_len, "batch_size": options.batch_size,
                      "lr": options.lr, "warmup": options.warmup}
     runner.run("train", "model", train_options,
@@ -152,14 +152,14 @@ def _crawl(urls, out: Path, options: PipelineOptions) -> dict:
 def _preprocess(inputs, out: Path, options: PipelineOptions) -> dict:
     from .corpus.preprocess.stage import preprocess
 
-    report = preprocess(inputs, out, threads=options.threads, progress=options.progress)
+    report = preprocess(inputs, out, workers=options.num_threads, progress=options.progress)
     return {"documents": report["documents"], "kept": report["kept"], "characters": report["chars_out"]}
 
 
 def _tokenize(clean: Path, out: Path, options: PipelineOptions) -> dict:
     from .tokenizer.stage import tokenize_corpus
 
-    stats = tokenize_corpus([clean], out, vocab_size=options.vocab_size, num_threads=options.threads,
+    stats = tokenize_corpus([clean], out, vocab_size=options.vocab_size, num_threads=options.num_threads,
                             progress=options.progress)
     return {"train_tokens": stats["train"]["tokens"], "val_tokens": stats["val"]["tokens"],
             "bytes_per_token": round(stats["train"]["bytes_per_token"], 4), "vocab_size": stats["vocab_size"]}
@@ -169,9 +169,9 @@ def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, re
     from .train.trainer import train
 
     if seconds < 5:
-        raise ValueError(f"pipeline: the budget of {options.budget_minutes} minutes leaves {seconds:.0f} s for "
+        raise ValueError(f"pipeline: the time budget of {options.time_budget / 60:g} minutes leaves {seconds:.0f} s for "
                          f"training; give a larger --budget")
-    result = train(tokens, model=options.model, threads=options.threads, batch_size=options.batch_size,
+    result = train(tokens, model=options.model, num_threads=options.num_threads, batch_size=options.batch_size,
                    seq_len=options.seq_len, epochs=100, time_budget=seconds, lr=options.lr, warmup=options.warmup,
                    output=str(out / "model.cllm"), resume=resume, progress=options.progress)
     return {"steps": result.steps, "tokens": result.tokens, "train_loss": result.train_loss,
@@ -186,7 +186,7 @@ def _evaluate(work: Path, out: Path, options: PipelineOptions) -> dict:
     from .runtime.threads import get_num_threads, threads
 
     model = load(work / "model" / "model.cllm")
-    with threads(options.threads or get_num_threads()):
+    with threads(options.num_threads or get_num_threads()):
         metrics = evaluate(model, work / "tokens", max_tokens=EVAL_TOKENS)
         samples = [{"prompt": p, "completion": model.generate(p, 120, temperature=0.8, top_k=40, seed=i)}
                    for i, p in enumerate(PROMPTS)]

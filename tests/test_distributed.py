@@ -127,7 +127,7 @@ def steps_of(folder):
 def reference(tokens, tmp_path_factory):  # noqa: F811
     """OPTIONS trained by one process with 2 threads, uninterrupted."""
     out = tmp_path_factory.mktemp("reference") / "m.cllm"
-    cllm.train(tokens, **OPTIONS, threads=2, output=out)
+    cllm.train(tokens, **OPTIONS, num_threads=2, output=out)
     return out
 
 

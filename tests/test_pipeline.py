@@ -45,4 +45,4 @@ def test_pipeline_bad_inputs(tmp_path, capsys):
     assert cli(["pipeline", "--source", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w")]) == 2
     assert "neither a folder nor an http(s) URL" in capsys.readouterr().err
     with pytest.raises(ValueError, match="budget"):
-        PipelineOptions(budget_minutes=0)
+        PipelineOptions(time_budget=0)

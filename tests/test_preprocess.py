@@ -128,7 +128,7 @@ def make_sources(root):
 
 def test_collect_then_preprocess_reasons(tmp_path):
     collect([make_sources(tmp_path / "proj")], tmp_path / "corpus")
-    report = preprocess(tmp_path / "corpus", tmp_path / "clean", threads=1, progress=False)
+    report = preprocess(tmp_path / "corpus", tmp_path / "clean", workers=1, progress=False)
     assert report["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1, "minified_or_generated": 1,
                                  "too_short": 1}
     docs = read_docs(tmp_path / "clean")
@@ -147,7 +147,7 @@ def test_warc_input_html_extraction(tmp_path):
                   page(99, seed=3)[0].replace("Article", "Caf\u00e9 article").encode("cp1252")))
     pages.append(("http://site.test/bin", "text/html", b"\x00\x01" * 500))
     pages.append(("http://site.test/code.py", "text/x-python", code_file(7).encode()))
-    report = preprocess(write_warc(tmp_path / "crawl", pages), tmp_path / "clean", threads=1, progress=False)
+    report = preprocess(write_warc(tmp_path / "crawl", pages), tmp_path / "clean", workers=1, progress=False)
     docs = {d["source"]: d for d in read_docs(tmp_path / "clean")}
     assert report["dropped"] == {"binary": 1, "exact_duplicate": 1}
     first_html, truth = page(0, seed=3)
@@ -167,7 +167,7 @@ def test_deterministic_for_any_worker_count(tmp_path):
     outputs = []
     for workers in (1, 2, 3):
         out = tmp_path / f"out{workers}"
-        preprocess([tmp_path / "corpus", tmp_path / "crawl"], out, threads=workers, progress=False,
+        preprocess([tmp_path / "corpus", tmp_path / "crawl"], out, workers=workers, progress=False,
                    shard_bytes=50_000)
         outputs.append({p.name: p.read_bytes() for p in sorted(out.glob("docs-*.jsonl"))})
     assert len(outputs[0]) > 2 and outputs[0] == outputs[1] == outputs[2]
@@ -176,7 +176,7 @@ def test_deterministic_for_any_worker_count(tmp_path):
 def test_chain_collect_preprocess_tokenize(tmp_path):
     collect([make_sources(tmp_path / "proj")], tmp_path / "corpus")
     assert cli(["preprocess", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "clean"),
-                 "--threads", "2", "--quiet"]) == 0
+                 "--workers", "2", "--quiet"]) == 0
     docs = read_docs(tmp_path / "clean")
     assert [d.decode() for d in iter_documents([tmp_path / "clean"])] == [d["text"] for d in docs]
     assert cli(["tokenize", "--input", str(tmp_path / "clean"), "--output", str(tmp_path / "tokens"),
@@ -191,7 +191,7 @@ def test_interrupt_leaves_whole_shards(tmp_path):
              enumerate(corpus(3000, seed=7, paragraphs=4, links=10))]
     write_warc(tmp_path / "crawl", pages)
     cmd = [sys.executable, "-m", "cllm", "preprocess", "--input", str(tmp_path / "crawl"), "--output",
-           str(tmp_path / "clean"), "--threads", "1", "--shard-bytes", "20000", "--quiet"]
+           str(tmp_path / "clean"), "--workers", "1", "--shard-bytes", "20000", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while len(list((tmp_path / "clean").glob("docs-*.jsonl"))) < 2 and time.monotonic() < deadline:
@@ -214,7 +214,7 @@ def test_bad_input(tmp_path, capsys):
              (["--input", str(tmp_path / "empty")], "no manifest.jsonl or *.warc.gz"),
              (["--input", str(tmp_path / "file.txt")], "not a folder, a manifest"),
              (["--input", str(tmp_path / "corpus")], "every document was dropped"),
-             (["--input", str(tmp_path / "corpus"), "--threads", "0"], "expected a positive integer"),
+             (["--input", str(tmp_path / "corpus"), "--workers", "0"], "expected a positive integer"),
              (["--input", str(tmp_path / "corpus"), "--min-chars", "x"], "expected a positive integer")]
     for args, message in cases:
         assert cli(["preprocess", *args, "--output", str(tmp_path / "out"), "--quiet"]) == 2, args

@@ -104,7 +104,7 @@ def _preprocess(args) -> int:
     from ..corpus.preprocess.stage import preprocess
 
     thresholds = Thresholds(**{name: getattr(args, name) for name, *_ in threshold_help()})
-    report = preprocess(args.input, args.output, threads=args.threads, thresholds=thresholds,
+    report = preprocess(args.input, args.output, workers=args.workers, thresholds=thresholds,
                         near_dedup=not args.no_near_dedup, shard_bytes=args.shard_bytes, progress=not args.quiet)
     dropped = ", ".join(f"{n} {k}" for k, n in report["dropped"].items()) or "none"
     print(f"kept {report['kept']} of {report['documents']} documents ({report['chars_out']:,} characters) -> "
@@ -132,7 +132,7 @@ def _train(args) -> int:
     from ..train.trainer import train
 
     options = {k: getattr(args, k) for k in (
-        "threads", "batch_size", "seq_len", "epochs", "max_steps", "time_budget", "lr", "min_lr", "warmup",
+        "batch_size", "seq_len", "epochs", "max_steps", "time_budget", "lr", "min_lr", "warmup",
         "schedule", "weight_decay", "grad_clip", "micro_batch", "eval_every", "eval_tokens", "patience",
         "checkpoint_every", "keep_checkpoints", "output", "resume", "seed")}
     if args.config:
@@ -145,6 +145,7 @@ def _train(args) -> int:
     if args.time_budget is not None:
         options["time_budget"] = args.time_budget * 60
     options["grad_clip"] = args.grad_clip or None  # 0: no clipping
+    options["num_threads"] = args.threads
     result = train(args.data, progress=not args.quiet, **options)
     code = {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped, 0)
     if world().rank:  # under mpiexec rank 0 speaks for all
@@ -164,8 +165,8 @@ def _train(args) -> int:
 def _pipeline(args) -> int:
     from ..pipeline import pipeline, print_summary
 
-    options = PipelineOptions(sources=tuple(args.source or ()), workdir=args.workdir, budget_minutes=args.budget,
-                              threads=args.threads, vocab_size=args.vocab_size, model=args.model,
+    options = PipelineOptions(sources=tuple(args.source or ()), workdir=args.workdir, time_budget=args.budget * 60,
+                              num_threads=args.threads, vocab_size=args.vocab_size, model=args.model,
                               progress=not args.quiet)
     print_summary(pipeline(options))
     return 0
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, action="append", metavar="DIR|MANIFEST|WARC",
                    help="a collect or crawl output folder, a manifest.jsonl, or a .warc(.gz) file; repeatable")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--threads", type=_positive_int, default=None, help="worker processes (default: the CPUs)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: the CPUs)")
     p.add_argument("--shard-bytes", type=_positive_int, default=256 << 20, help="bytes per shard (default 256 MiB)")
     p.add_argument("--no-near-dedup", action="store_true", help="keep near-duplicates (exact ones still go)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

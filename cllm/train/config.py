@@ -25,7 +25,7 @@ class TrainConfig:
     """
 
     model: object = "small"
-    threads: int | None = None
+    num_threads: int | None = None
     batch_size: int = 128
     seq_len: int = 512
     epochs: int = 1
@@ -74,7 +74,7 @@ class TrainConfig:
                              f"(got {self.model!r})")
         for name in ("batch_size", "seq_len", "epochs", "eval_tokens", "keep_checkpoints"):
             integer(name, 1)
-        for name in ("threads", "max_steps", "micro_batch", "eval_every", "patience", "checkpoint_every"):
+        for name in ("num_threads", "max_steps", "micro_batch", "eval_every", "patience", "checkpoint_every"):
             integer(name, 1, optional=True)
         integer("warmup", 0, optional=True)
         integer("seed", 0)

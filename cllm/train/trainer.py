@@ -165,7 +165,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         c = self.cfg
-        nt = c.threads or self.world.default_threads()
+        nt = c.num_threads or self.world.default_threads()
         with threads(nt), StopSignals() as stop:
             self.model, self.opt, state, resumed_from = self._start()
             self.micro = state["micro_batch"]

@@ -132,7 +132,7 @@ def _drain_one(pending: deque, pool, workers: int, thresholds: Thresholds):
     return pool
 
 
-def preprocess(inputs, output, *, threads=None, thresholds: Thresholds = Thresholds(), near_dedup: bool = True,
+def preprocess(inputs, output, *, workers=None, thresholds: Thresholds = Thresholds(), near_dedup: bool = True,
                shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> dict:
     """Preprocess ``inputs`` (collect/crawl output folders, manifests, WARC files) into ``output``; returns the
     report (also written to output/report.json)."""
@@ -140,7 +140,7 @@ def preprocess(inputs, output, *, threads=None, thresholds: Thresholds = Thresho
     if not inputs:
         raise ValueError("preprocess: give at least one --input")
     resolve_inputs(inputs)  # bad inputs are usage errors before any work
-    workers = resolve_num_threads(threads, "preprocess: threads")
+    workers = resolve_num_threads(workers, "preprocess: workers")
     if not 0.0 < thresholds.near_dup_threshold <= 1.0:
         raise ValueError(f"preprocess: near_dup_threshold must be in (0, 1] (got {thresholds.near_dup_threshold})")
     output = Path(output)
