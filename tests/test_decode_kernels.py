@@ -140,7 +140,7 @@ def test_attention_decode_rejects_bad_input(rng):
 
 
 def test_gpt_decode_step(isa, rng):
-    """The whole-model step (csrc/decode.c) built by cllm.decoder.Decoder: Model.forward's bits at every row's
+    """The whole-model step (csrc/kernels/decode.c) built by cllm.model.decoder.Decoder: Model.forward's bits at every row's
     position, the same for every thread count, and its checks."""
     import cllm
     from cllm.model.decoder import Decoder
@@ -154,11 +154,11 @@ def test_gpt_decode_step(isa, rng):
         decoder.prefill(b, s[:-1])
     step = decoder._step  # kernels.GptDecodeStep over the decoder's weights and caches
     ids, slots, pos = [int(s[-1]) for s in seqs], [0, 1, 2], [s.size - 1 for s in seqs]
-    snapshot = [(layer["kcache"].copy(), layer["vcache"].copy()) for layer in decoder._layers]
+    snapshot = [(kcache.copy(), vcache.copy()) for kcache, vcache in decoder._caches]
 
     def run(nt):
-        for layer, (k, v) in zip(decoder._layers, snapshot):
-            layer["kcache"][...], layer["vcache"][...] = k, v
+        for (kcache, vcache), (k, v) in zip(decoder._caches, snapshot):
+            kcache[...], vcache[...] = k, v
         return (step(ids, slots, pos, num_threads=nt).copy(),)
 
     logits = run(1)[0]

@@ -159,8 +159,8 @@ cdef float *_data_w(a) except NULL:
 
 
 cdef class GptDecodeStep:
-    """A whole GPT's decode step (csrc/decode.c) over arrays checked by cllm.kernels.GptDecodeStep, which also keeps
-    them alive: this object holds only their addresses, and int32 buffers for a step's ids, slots and positions."""
+    """A whole GPT's decode step (csrc/kernels/decode.c) over arrays checked by cllm.kernels.GptDecodeStep, which also
+    keeps them alive: this object holds only their addresses, and int32 buffers for a step's ids, slots and positions."""
     cdef cllm_gpt g
     cdef cllm_gpt_layer *layers
     cdef int32_t *rows  # ids, slots, positions: 3 × max_rows
@@ -174,15 +174,15 @@ cdef class GptDecodeStep:
         if self.layers == NULL or self.rows == NULL:
             raise MemoryError("GptDecodeStep: could not allocate its tables")
         self.max_rows, self.logits = max_rows, logits
-        for i, w in enumerate(layers):
+        for i, w in enumerate(layers):  # a table of cllm.kernels.decode.DECODE_LAYER's fields
             self.layers[i] = cllm_gpt_layer(
-                ln1_w=_data(w["ln_1"][0]), ln1_b=_data(w["ln_1"][1]),
-                attn_wp=_data(w["attn.c_attn"][0]), attn_b=_data(w["attn.c_attn"][1]),
-                attn_proj_wp=_data(w["attn.c_proj"][0]), attn_proj_b=_data(w["attn.c_proj"][1]),
-                ln2_w=_data(w["ln_2"][0]), ln2_b=_data(w["ln_2"][1]),
-                fc_wp=_data(w["mlp.c_fc"][0]), fc_b=_data(w["mlp.c_fc"][1]),
-                fc_proj_wp=_data(w["mlp.c_proj"][0]), fc_proj_b=_data(w["mlp.c_proj"][1]),
-                kcache=_data_w(w["kcache"]), vcache=_data_w(w["vcache"]))
+                ln1_w=_data(w["ln1"][0]), ln1_b=_data(w["ln1"][1]),
+                attn_wp=_data(w["attn"].packed), attn_b=_data(w["attn"].bias),
+                attn_proj_wp=_data(w["attn_proj"].packed), attn_proj_b=_data(w["attn_proj"].bias),
+                ln2_w=_data(w["ln2"][0]), ln2_b=_data(w["ln2"][1]),
+                fc_wp=_data(w["fc"].packed), fc_b=_data(w["fc"].bias),
+                fc_proj_wp=_data(w["fc_proj"].packed), fc_proj_b=_data(w["fc_proj"].bias),
+                kcache=_data_w(w["cache"][0]), vcache=_data_w(w["cache"][1]))
         self.g = cllm_gpt(V=sizes["V"], C=sizes["C"], H=sizes["H"], NH=sizes["NH"], L=len(layers), S=sizes["S"],
                           Tk=sizes["Tk"], Tctx=sizes["Tctx"], wte=_data(weights["wte"]), wpe=_data(weights["wpe"]),
                           lnf_w=_data(weights["ln_f"][0]), lnf_b=_data(weights["ln_f"][1]),

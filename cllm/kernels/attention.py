@@ -6,17 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 from .._core import _kernels
+from ..runtime.checks import is_integer
 from ..runtime.threads import resolve_num_threads
 from .arrays import check, check_out, no_overlap
 
-__all__ = ["KV_ALIGN", "attention_backward", "attention_cache_store", "attention_decode", "attention_forward"]
+__all__ = ["KV_ALIGN", "attention_backward", "attention_cache_store", "attention_decode", "attention_forward", "kv_cache"]
 
 KV_ALIGN = 16  # a KV cache's capacity Tk must be a multiple of this
 
 
 
 def check_heads(fn: str, C: int, n_heads) -> int:
-    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1 or C % n_heads:
+    if not is_integer(n_heads) or n_heads < 1 or C % n_heads:
         raise ValueError(f"{fn}: n_heads must be a positive divisor of C = {C} (got {n_heads!r})")
     return int(n_heads)
 
@@ -68,6 +69,14 @@ def check_cache(fn: str, kcache, vcache) -> tuple[int, int, int, int]:
     return S, NH, hs, Tk
 
 
+def kv_cache(slots: int, n_heads: int, head_size: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """A zeroed key and value cache for ``slots`` sequences of up to ``positions`` tokens: (kcache [S, NH, hs, Tk],
+    vcache [S, NH, Tk, hs]), keys transposed, the capacity Tk = positions rounded up to a multiple of KV_ALIGN."""
+    Tk = -(-positions // KV_ALIGN) * KV_ALIGN
+    return (np.zeros((slots, n_heads, head_size, Tk), np.float32),
+            np.zeros((slots, n_heads, Tk, head_size), np.float32))
+
+
 def attention_decode(qkv, kcache, vcache, slot, pos, *, out=None, num_threads=None) -> np.ndarray:
     """One decode step of causal attention over a KV cache (S sequence slots of capacity Tk).
 
@@ -103,7 +112,7 @@ def attention_cache_store(qkv, kcache, vcache, slot: int, *, num_threads=None) -
     T = qkv.shape[0]
     if not 1 <= T <= Tk:
         raise ValueError(f"{fn}: qkv must have 1 to {Tk} rows, the cache's capacity (got {T})")
-    if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < S:
+    if not is_integer(slot) or not 0 <= slot < S:
         raise ValueError(f"{fn}: slot must be an integer in [0, {S}) (got {slot!r})")
     no_overlap(fn, "qkv", qkv, (kcache, vcache))
     nt = resolve_num_threads(num_threads, f"{fn}: num_threads")

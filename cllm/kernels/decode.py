@@ -1,55 +1,60 @@
-"""The whole-model decode step as one kernel call (csrc/kernels/decode.c)."""
+"""The whole-model decode step as one kernel call (csrc/kernels/decode.c), over a table of the model's weights.
+
+The table uses the C struct's fields (csrc/cllm.h ``cllm_gpt_layer``), not the model's state-dict names: the model
+builds it (cllm/model/decoder.py) and the backend checks it once, here.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .._core import _kernels
+from ..runtime.checks import is_integer
 from ..runtime.threads import resolve_num_threads
 from .arrays import check
 from .attention import check_cache
-from .linear import PANEL
+from .linear import PANEL, PackedLinear
 
-__all__ = ["GptDecodeStep"]
+__all__ = ["DECODE_LAYER", "GptDecodeStep"]
+
+# A layer of the decode table, in the order of csrc/cllm.h's cllm_gpt_layer: field -> what it holds
+# (C = d_model, H = MLP width; a PackedLinear holds the packed weight and the bias of an [out, in] layer).
+DECODE_LAYER = {"ln1": "(weight [C], bias [C]) of the attention's LayerNorm",
+                "attn": "PackedLinear [3C, C]: q, k, v",
+                "attn_proj": "PackedLinear [C, C]: the attention's output projection",
+                "ln2": "(weight [C], bias [C]) of the MLP's LayerNorm",
+                "fc": "PackedLinear [H, C]: the MLP's input, followed by GELU",
+                "fc_proj": "PackedLinear [C, H]: the MLP's output projection",
+                "cache": "(kcache [S, NH, hs, Tk], vcache [S, NH, Tk, hs]) from kv_cache"}
 
 
 class GptDecodeStep:
-    """One decode step of a whole GPT as one kernel call (csrc/decode.c): per row, the next token of a sequence
-    whose keys and values are cached, through every layer to the logits, with the bits ``Model.forward`` gives that
-    position. Everything but the step's tokens is checked once, here; the arrays are used in place (not copied).
+    """One decode step of a whole GPT as one kernel call: per row, the next token of a sequence whose keys and
+    values are cached, through every layer to the logits, with the bits the training forward gives that position.
+    Everything but the step's tokens is checked once, here; the arrays are used in place (not copied).
 
-    wte [V, C], wpe [Tctx, C], ln_f: (weight, bias) [C], head: wte packed by ``pack_linear_weights``; layers: per
-    layer a dict with "ln_1", "ln_2": (weight, bias) [C]; "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj":
-    (packed weight, bias) of [3C, C], [C, C], [H, C], [C, H]; "kcache" [S, NH, hs, Tk], "vcache" [S, NH, Tk, hs]
-    (see ``attention_decode``). max_rows: the most rows a step takes. Not for concurrent use (one scratch).
+    wte [V, C], wpe [Tctx, C], ln_f: (weight, bias) [C], head: PackedLinear [V, C] (the tied output head);
+    layers: one dict per layer with the fields of DECODE_LAYER. max_rows: the most rows a step takes. Not for
+    concurrent use (one scratch).
     """
 
-    def __init__(self, *, wte, wpe, ln_f, head, layers, max_rows: int):
+    def __init__(self, *, wte, wpe, ln_f, head: PackedLinear, layers, max_rows: int):
         fn = "GptDecodeStep"
         check(fn, "wte", wte, (None, None))
         V, C = wte.shape
         check(fn, "wpe", wpe, (None, C))
-        check(fn, "head", head, (-(-V // PANEL), C, PANEL))
+        check(fn, "head", head.packed, (-(-V // PANEL), C, PANEL))
         if not layers:
             raise ValueError(f"{fn}: layers must hold at least one layer")
-        S, NH, hs, Tk = check_cache(fn, layers[0]["kcache"], layers[0]["vcache"])
-        H = check(fn, "layers[0] mlp.c_fc bias", layers[0]["mlp.c_fc"][1], (None,)).shape[0]
+        S, NH, hs, Tk = check_cache(fn, *layers[0]["cache"])
+        H = check(fn, "layers[0] fc bias", layers[0]["fc"].bias, (None,)).shape[0]
         if NH * hs != C:
             raise ValueError(f"{fn}: the caches' NH·hs must be C = {C} (got {NH}·{hs})")
         for name, a in (("ln_f weight", ln_f[0]), ("ln_f bias", ln_f[1])):
             check(fn, name, a, (C,))
-        shapes = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (H, C), "mlp.c_proj": (C, H)}
         for i, layer in enumerate(layers):
-            for ln in ("ln_1", "ln_2"):
-                for part, a in zip(("weight", "bias"), layer[ln]):
-                    check(fn, f"layers[{i}] {ln} {part}", a, (C,))
-            for name, (n, k) in shapes.items():
-                packed, bias = layer[name]
-                check(fn, f"layers[{i}] {name} packed weight", packed, (-(-n // PANEL), k, PANEL))
-                check(fn, f"layers[{i}] {name} bias", bias, (n,))
-            if check_cache(fn, layer["kcache"], layer["vcache"]) != (S, NH, hs, Tk):
-                raise ValueError(f"{fn}: layers[{i}]'s cache must have layer 0's shape {[S, NH, hs, Tk]}")
-        if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
+            _check_layer(fn, i, layer, C, H, (S, NH, hs, Tk))
+        if not is_integer(max_rows) or max_rows < 1:
             raise ValueError(f"{fn}: max_rows must be an integer >= 1 (got {max_rows!r})")
         self.vocab_size, self.slots, self.positions, self.max_rows = V, S, min(Tk, wpe.shape[0]), int(max_rows)
         self._arrays = (wte, wpe, ln_f, head, layers)  # kept alive: the core holds their addresses
@@ -58,7 +63,7 @@ class GptDecodeStep:
         self._scratch_threads = 0
         self._logits = np.empty((self.max_rows, V), np.float32)
         sizes = {"V": V, "C": C, "H": H, "NH": NH, "S": S, "Tk": Tk, "Tctx": wpe.shape[0]}
-        weights = {"wte": wte, "wpe": wpe, "ln_f": ln_f, "head": head}
+        weights = {"wte": wte, "wpe": wpe, "ln_f": ln_f, "head": head.packed}
         self._core = _kernels.GptDecodeStep(sizes, weights, list(layers), self.max_rows, self._logits)
 
     def __call__(self, ids, slot, pos, *, num_threads=None) -> np.ndarray:
@@ -75,7 +80,7 @@ class GptDecodeStep:
         for name, values, high in (("ids", ids, self.vocab_size), ("slot", slot, self.slots),
                                    ("pos", pos, self.positions)):
             for v in values:
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < high:
+                if not is_integer(v) or not 0 <= v < high:
                     raise ValueError(f"{fn}: {name} must be integers in [0, {high}) (got {values})")
         if M > 1 and len(set(slot)) != M:
             raise ValueError(f"{fn}: slot must hold distinct cache slots (got {slot})")
@@ -85,3 +90,18 @@ class GptDecodeStep:
             self._scratch_threads = nt
         self._core.step(ids, slot, pos, nt)
         return self._logits[:M]
+
+
+def _check_layer(fn: str, i: int, layer: dict, C: int, H: int, cache_shape: tuple) -> None:
+    """Layer i of a decode table: DECODE_LAYER's fields, with their shapes."""
+    if set(layer) != set(DECODE_LAYER):
+        raise ValueError(f"{fn}: layers[{i}] must have the fields {sorted(DECODE_LAYER)} (got {sorted(layer)})")
+    for ln in ("ln1", "ln2"):
+        for part, a in zip(("weight", "bias"), layer[ln]):
+            check(fn, f"layers[{i}] {ln} {part}", a, (C,))
+    for name, (n, k) in {"attn": (3 * C, C), "attn_proj": (C, C), "fc": (H, C), "fc_proj": (C, H)}.items():
+        linear = layer[name]
+        check(fn, f"layers[{i}] {name} packed weight", linear.packed, (-(-n // PANEL), k, PANEL))
+        check(fn, f"layers[{i}] {name} bias", linear.bias, (n,))
+    if check_cache(fn, *layer["cache"]) != cache_shape:
+        raise ValueError(f"{fn}: layers[{i}]'s cache must have layer 0's shape {list(cache_shape)}")

@@ -1,38 +1,43 @@
 """Inference over a KV cache: prefill a prompt once, then one token at a time.
 
-A ``Decoder`` holds a copy of the model's weight matrices packed for ``linear_forward_packed`` (panels of
-``kernels.PANEL`` output columns, streamed once per step for all the rows of the step) and, per layer, a key and a
-value cache for ``slots`` sequences of up to context_length tokens (layout in csrc/cllm.h: keys transposed). It is a
-snapshot: changes to the model's weights after it was made are not seen. Not for concurrent use.
+A ``Decoder`` holds the model's weight matrices made ready for few-row products (``kernels.PackedLinear``: packed
+by panels, streamed once per step for all the rows of the step) and, per layer, a key and a value cache for
+``slots`` sequences of up to context_length tokens (``kernels.kv_cache``). It is a snapshot: changes to the model's
+weights after it was made are not seen. Not for concurrent use.
 
-``prefill`` runs a prompt through the layers kernel by kernel (the GEMM for many rows); ``decode`` is one kernel
-call for all its rows (``kernels.GptDecodeStep``). Every kernel gives a row the bits the training forward gives it,
-so the logits of both equal, bit for bit, those of ``Model.forward`` on the whole sequence (tests/test_generate.py).
-Shapes: C = d_model, H = mlp_ratio·C, V vocabulary, NH heads, hs = C/NH, T prompt tokens, M rows of a step.
+``prefill`` runs a prompt through the model's forward description (``blocks.gpt2_forward``) with an executor whose
+linear layers are packed and whose attention also stores the prompt's keys and values; ``decode`` is one kernel
+call for all its rows (``kernels.GptDecodeStep``, over a table of these weights). Every kernel gives a row the bits the
+training forward gives it, so the logits of both equal, bit for bit, those of ``Model.forward`` on the whole
+sequence (tests/test_generate.py). Shapes: C = d_model, V vocabulary, NH heads, hs = C/NH, T prompt tokens.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
 
 from .. import kernels as K
+from ..runtime.checks import is_integer
 from ..runtime.threads import effective_cpu_count, resolve_num_threads
+from .blocks import GPT2_LAYER, gpt2_forward
+from .parameters import activation_shapes
 
 __all__ = ["Decoder"]
 
-# Prefill: up to this many rows the packed path (weights packed once) beats the GEMM (which repacks them per call),
-# clearly at 2 threads (M = 128: 330 vs 160 GFLOP/s), within ~13% either way at 1 thread; both give the same bits.
-PACKED_MAX_ROWS = 256
-MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+# The decode table's field (kernels.DECODE_LAYER) for each of a GPT-2 layer's weights.
+DECODE_FIELDS = {"ln_1": "ln1", "attn.c_attn": "attn", "attn.c_proj": "attn_proj", "ln_2": "ln2",
+                 "mlp.c_fc": "fc", "mlp.c_proj": "fc_proj"}
+LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 class Decoder:
     """Packed weights and a KV cache for ``slots`` sequences of ``model``; see the module's docstring."""
 
     def __init__(self, model, slots: int = 1, *, num_threads=None):
-        if isinstance(slots, bool) or not isinstance(slots, (int, np.integer)) or slots < 1:
+        if not is_integer(slots) or slots < 1:
             raise ValueError(f"Decoder: slots must be an integer >= 1 (got {slots!r})")
         cfg = self.config = model.config
         self.num_threads = resolve_num_threads(num_threads, "Decoder: num_threads")
@@ -40,29 +45,21 @@ class Decoder:
         # CPUs a spinner holds the core a worker needs (4 threads on 2 CPUs: 187 tokens/s instead of 2,200).
         # The step gives the same bits for any count, so it runs on at most the usable CPUs.
         self._step_threads = min(self.num_threads, effective_cpu_count())
-        C, H, T, NH = cfg.d_model, cfg.mlp_ratio * cfg.d_model, cfg.context_length, cfg.n_heads
-        self.capacity = T  # tokens a slot holds: the model has no positions beyond
-        Tk = -(-T // K.KV_ALIGN) * K.KV_ALIGN
+        self.capacity = cfg.context_length  # tokens a slot holds: the model has no positions beyond
         p = model.state_dict()
-        self._wte, self._wpe = p["transformer.wte.weight"], p["transformer.wpe.weight"]
-        self._lnf = (p["transformer.ln_f.weight"], p["transformer.ln_f.bias"])
-        self._head = K.pack_linear_weights(self._wte)  # the tied output head
-        self._layers, self._unpacked = [], []
-        for i in range(cfg.n_layers):
-            w = lambda name, i=i: p[f"transformer.h.{i}.{name}"]
-            self._unpacked.append({name: w(name + ".weight") for name in MATRICES})
-            self._layers.append({
-                "ln_1": (w("ln_1.weight"), w("ln_1.bias")), "ln_2": (w("ln_2.weight"), w("ln_2.bias")),
-                **{name: (K.pack_linear_weights(w(name + ".weight")), w(name + ".bias")) for name in MATRICES},
-                "kcache": np.zeros((slots, NH, C // NH, Tk), np.float32),
-                "vcache": np.zeros((slots, NH, Tk, C // NH), np.float32),
-            })
+        pair = lambda name: (p[name + ".weight"], p[name + ".bias"])
+        self._caches = [K.kv_cache(slots, cfg.n_heads, cfg.head_dim, self.capacity) for _ in range(cfg.n_layers)]
+        layers = [{name: K.PackedLinear(*pair(f"transformer.h.{i}.{name}")) if name in LINEARS
+                   else pair(f"transformer.h.{i}.{name}") for name in GPT2_LAYER} for i in range(cfg.n_layers)]
+        wte = p["transformer.wte.weight"]
+        self._weights = {"wte": wte, "wpe": p["transformer.wpe.weight"], "ln_f": pair("transformer.ln_f"),
+                         "head": K.PackedLinear(wte), "layers": layers}  # the tied output head
+        table = [{DECODE_FIELDS[name]: w for name, w in layer.items()} | {"cache": cache}
+                 for layer, cache in zip(layers, self._caches)]
+        self._step = K.GptDecodeStep(wte=wte, wpe=self._weights["wpe"], ln_f=self._weights["ln_f"],
+                                  head=self._weights["head"], layers=table, max_rows=slots)
         self.lengths = [0] * slots  # tokens cached per slot
-        self._step = K.GptDecodeStep(wte=self._wte, wpe=self._wpe, ln_f=self._lnf, head=self._head,
-                                     layers=self._layers, max_rows=slots)
-        shapes = {"x": (T, C), "ln": (T, C), "mean": (T,), "rstd": (T,), "qkv": (T, 3 * C), "att": (T, C),
-                  "tmp": (T, C), "fc": (T, H), "lse": (NH * T,)}
-        self._prompt = {k: np.empty(s, np.float32) for k, s in shapes.items()}  # prefill's buffers, for T rows
+        self._arena = _PrefillArena(cfg)
 
     @property
     def slots(self) -> int:
@@ -71,32 +68,17 @@ class Decoder:
     def prefill(self, slot: int, ids) -> np.ndarray:
         """Run ids (1 to context_length token ids) through the model as the whole content of cache slot ``slot``;
         returns the logits [V] (a new array) that follow the last of them."""
-        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.slots:
+        if not is_integer(slot) or not 0 <= slot < self.slots:
             raise ValueError(f"Decoder.prefill: slot must be an integer in [0, {self.slots}) (got {slot!r})")
         ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(1, -1)
-        T, NH, nt = ids.shape[1], self.config.n_heads, self.num_threads
+        T = ids.shape[1]
         if not 1 <= T <= self.capacity:
             raise ValueError(f"Decoder.prefill: ids must hold 1 to {self.capacity} tokens (got {T})")
-        b = {k: v[:T] for k, v in self._prompt.items()}
-        x = b["x"]
-        K.embedding_forward(ids, self._wte, self._wpe, out=x.reshape(1, T, -1), num_threads=nt)
-        for layer, unpacked in zip(self._layers, self._unpacked):
-            linear = lambda name, inp, out: self._linear(inp, unpacked[name], *layer[name], out)  # noqa: B023
-            K.layernorm_forward(x, *layer["ln_1"], out=b["ln"], mean=b["mean"], rstd=b["rstd"], num_threads=nt)
-            linear("attn.c_attn", b["ln"], b["qkv"])
-            K.attention_cache_store(b["qkv"], layer["kcache"], layer["vcache"], int(slot), num_threads=nt)
-            K.attention_forward(b["qkv"].reshape(1, T, -1), NH, out=b["att"].reshape(1, T, -1),
-                                lse=self._prompt["lse"][:NH * T].reshape(1, NH, T), num_threads=nt)
-            linear("attn.c_proj", b["att"], b["tmp"])
-            K.residual_forward(x, b["tmp"], out=x, num_threads=nt)
-            K.layernorm_forward(x, *layer["ln_2"], out=b["ln"], mean=b["mean"], rstd=b["rstd"], num_threads=nt)
-            linear("mlp.c_fc", b["ln"], b["fc"])
-            K.gelu_forward(b["fc"], out=b["fc"], num_threads=nt)
-            linear("mlp.c_proj", b["fc"], b["tmp"])
-            K.residual_forward(x, b["tmp"], out=x, num_threads=nt)
+        logits = np.empty((1, self.config.vocab_size), np.float32)
+        run = _PrefillRun(self._caches, int(slot), T, self.config.n_heads, self.num_threads)
+        gpt2_forward(run, self._weights, self._arena.buffers(T), ids, logits)
         self.lengths[slot] = T
-        ln, _, _ = K.layernorm_forward(x[-1:], *self._lnf, num_threads=nt)  # only the last position's logits
-        return K.linear_forward_packed(ln, self._head, n=self.config.vocab_size, num_threads=nt)[0]
+        return logits[0]
 
     def decode(self, slots, ids) -> np.ndarray:
         """One step: ids[m] is the next token of the sequence in cache slot slots[m] (distinct slots, each with
@@ -116,8 +98,58 @@ class Decoder:
             self.lengths[s] += 1
         return logits
 
-    def _linear(self, x, w, packed, bias, out):
-        """out = x · wᵀ + b: the packed path up to PACKED_MAX_ROWS rows, the GEMM above (the same bits)."""
-        if x.shape[0] <= PACKED_MAX_ROWS:
-            return K.linear_forward_packed(x, packed, bias, n=w.shape[0], out=out, num_threads=self.num_threads)
-        return K.linear_forward(x, w, bias, out=out, num_threads=self.num_threads)
+
+class _PrefillArena:
+    """The buffers of a prefill, allocated once for context_length positions (kernels.float32_views); ``buffers(T)``
+    views their first elements in T's shapes (each C-contiguous). One set of layer buffers serves every layer, and
+    the residual stream alternates between two buffers."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        layer, once, _ = activation_shapes(cfg, 1, cfg.context_length)
+        flat = {name: (math.prod(shape),) for name, shape in {**layer, **once}.items()}
+        self._flat = K.float32_views([flat])[0]
+        self._cached = None
+
+    def buffers(self, T: int) -> dict:
+        if self._cached is not None and self._cached[0] == T:
+            return self._cached[1]
+        layer, once, _ = activation_shapes(self.cfg, 1, T)
+        view = lambda name, shape: self._flat[name][:math.prod(shape)].reshape(shape)
+        la = {name: view(name, shape) for name, shape in layer.items()}
+        ring = [view("res0", once["res0"]), view("res", layer["res"])]
+        C = self.cfg.d_model
+        b = {"layers": [la] * self.cfg.n_layers, "res": [ring[i % 2] for i in range(self.cfg.n_layers + 1)],
+             "lnf": view("lnf", (1, C)), "lnf_mean": view("lnf_mean", (1,)), "lnf_rstd": view("lnf_rstd", (1,))}
+        self._cached = (T, b)
+        return b
+
+
+class _PrefillRun:
+    """``blocks.gpt2_forward``'s executor for one prompt of T tokens in cache slot ``slot``: packed (or GEMM) linear
+    layers with the residual add and GELU as separate kernels (the bits of the training GEMM's fused epilogues),
+    attention that first stores each layer's keys and values, logits for the last position only."""
+
+    def __init__(self, caches, slot: int, T: int, n_heads: int, nt: int):
+        self.caches, self.slot, self.T, self.n_heads, self.nt = caches, slot, T, n_heads, nt
+
+    def embedding(self, idx, wte, wpe, out):
+        K.embedding_forward(idx, wte, wpe, out=out.reshape(1, self.T, -1), num_threads=self.nt)
+
+    def layernorm(self, x, w, out, mean, rstd):
+        K.layernorm_forward(x, w[0], w[1], out=out, mean=mean, rstd=rstd, num_threads=self.nt)
+
+    def linear(self, x, w, out, residual=None, gelu_out=None):
+        y = w.forward(x.reshape(-1, x.shape[-1]), out=out.reshape(-1, out.shape[-1]), num_threads=self.nt)
+        if residual is not None:
+            K.residual_forward(residual, y, out=y, num_threads=self.nt)
+        if gelu_out is not None:
+            K.gelu_forward(y, out=gelu_out, num_threads=self.nt)
+
+    def attention(self, layer, qkv, out, lse):
+        kcache, vcache = self.caches[layer]
+        K.attention_cache_store(qkv.reshape(self.T, -1), kcache, vcache, self.slot, num_threads=self.nt)
+        K.attention_forward(qkv, self.n_heads, out=out, lse=lse, num_threads=self.nt)
+
+    def logits_rows(self, x):
+        return x[-1:]

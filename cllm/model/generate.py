@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..runtime.checks import is_integer, is_number
 from ..tokenizer import END_OF_TEXT as EOT
 from .decoder import Decoder
 
@@ -52,8 +53,7 @@ class Sampling:
     def __post_init__(self):
         def number(name, ok, expected):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(value) or not ok(value):
+            if not is_number(value) or not math.isfinite(value) or not ok(value):
                 raise ValueError(f"generate: {name} must be {expected} (got {value!r})")
             object.__setattr__(self, name, float(value))
 
@@ -62,7 +62,7 @@ class Sampling:
         if self.top_p is not None:
             number("top_p", lambda p: 0 < p <= 1, "None or a number in (0, 1]")
         k = self.top_k
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        if k is not None and (not is_integer(k) or k < 1):
             raise ValueError(f"generate: top_k must be None or an integer >= 1 (got {k!r})")
 
     def distribution(self, logits, seen=None) -> tuple[np.ndarray, np.ndarray]:
@@ -165,8 +165,8 @@ class _Sequences:
 
 
 def generate_ids(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None, stop=None,
-                 use_cache: bool = True):
+                 top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
+                 use_cache: bool = True, *, stop=None):
     """The token ids that follow ids (a sequence of token ids -> a list of at most max_new_tokens ids; or a list
     of such sequences, a batch -> a list of lists). Generation of a sequence ends after max_new_tokens, or at a token
     of ``stop`` (an id or a collection of ids), which is not included. See the module's docstring for sampling,
@@ -330,18 +330,18 @@ def _prompts(ids, V: int) -> tuple[list[list[int]], bool]:
 def _stop_ids(stop, V: int) -> set:
     values = [] if stop is None else [stop] if isinstance(stop, (int, np.integer)) else list(stop)
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < V:
+        if not is_integer(v) or not 0 <= v < V:
             raise ValueError(f"generate_ids: stop must be a token id or a collection of them, in [0, {V}) "
                              f"(got {stop!r})")
     return {int(v) for v in values}
 
 
 def _count(max_new_tokens) -> int:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    if not is_integer(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be an integer >= 0 (got {max_new_tokens!r})")
     return int(max_new_tokens)
 
 
 def _check_seed(seed) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+    if seed is not None and (not is_integer(seed) or seed < 0):
         raise ValueError(f"generate: seed must be None or an integer >= 0 (got {seed!r})")

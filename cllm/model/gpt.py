@@ -18,6 +18,7 @@ import numpy as np
 from . import checkpoint
 from . import generate as _generate
 from .. import kernels as K
+from .blocks import GPT2_LAYER, gpt2_forward
 from .config import ModelConfig
 from .parameters import activation_shapes, is_decayed, memory_estimate, parameter_layout
 from ..runtime.threads import get_num_threads
@@ -47,6 +48,7 @@ class Model:
         else:
             self.params = params
         self._p = self._views(self.params)
+        self._weights = self._weight_table()
         self._grad_buffer = None  # allocated by the first backward: inference never needs it
         if params is None:
             self._init_weights(seed)
@@ -57,6 +59,15 @@ class Model:
 
     def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         return {name: flat[o:o + math.prod(shape)].reshape(shape) for name, (o, shape) in self._layout.items()}
+
+    def _weight_table(self) -> dict:
+        """The weights as ``blocks.gpt2_forward`` names them: (weight, bias) views of the parameter buffer."""
+        p = self._p
+        pair = lambda name: (p[name + ".weight"], p[name + ".bias"])
+        return {"wte": p["transformer.wte.weight"], "wpe": p["transformer.wpe.weight"],
+                "ln_f": pair("transformer.ln_f"), "head": (p["transformer.wte.weight"], None),  # the tied head
+                "layers": [{name: pair(f"transformer.h.{i}.{name}") for name in GPT2_LAYER}
+                           for i in range(self.config.n_layers)]}
 
     @property
     def grad_buffer(self) -> np.ndarray:
@@ -170,31 +181,8 @@ class Model:
             self.profile = None
 
     def _forward(self, idx: np.ndarray, logits: np.ndarray, nt: int) -> None:
-        B, T = idx.shape
-        a, p, NH = self._acts, self._p, self.config.n_heads
-        C = self.config.d_model
-        op = self._op
-        op("embedding_forward", K.embedding_forward, idx, p["transformer.wte.weight"], p["transformer.wpe.weight"],
-           out=a["res"][0].reshape(B, T, C), num_threads=nt)
-        for i, la in enumerate(a["layers"]):
-            w = f"transformer.h.{i}."
-            x = a["res"][i]
-            op("layernorm_forward", K.layernorm_forward, x, p[w + "ln_1.weight"], p[w + "ln_1.bias"], out=la["ln1"],
-               mean=la["ln1_mean"], rstd=la["ln1_rstd"], num_threads=nt)
-            op("linear_forward", K.linear_forward, la["ln1"], p[w + "attn.c_attn.weight"], p[w + "attn.c_attn.bias"],
-               out=la["qkv"].reshape(B * T, 3 * C), num_threads=nt)
-            op("attention_forward", K.attention_forward, la["qkv"], NH, out=la["atty"], lse=la["lse"], num_threads=nt)
-            op("linear_forward", K.linear_forward, la["atty"].reshape(B * T, C), p[w + "attn.c_proj.weight"],
-               p[w + "attn.c_proj.bias"], residual=x, out=la["res2"], num_threads=nt)  # res2 = x + attn proj
-            op("layernorm_forward", K.layernorm_forward, la["res2"], p[w + "ln_2.weight"], p[w + "ln_2.bias"],
-               out=la["ln2"], mean=la["ln2_mean"], rstd=la["ln2_rstd"], num_threads=nt)
-            op("linear_forward", K.linear_forward, la["ln2"], p[w + "mlp.c_fc.weight"], p[w + "mlp.c_fc.bias"],
-               out=la["fch"], gelu_out=la["fcg"], num_threads=nt)  # fcg = gelu(fch)
-            op("linear_forward", K.linear_forward, la["fcg"], p[w + "mlp.c_proj.weight"], p[w + "mlp.c_proj.bias"],
-               residual=la["res2"], out=a["res"][i + 1], num_threads=nt)  # the block's output: res2 + mlp proj
-        op("layernorm_forward", K.layernorm_forward, a["res"][-1], p["transformer.ln_f.weight"],
-           p["transformer.ln_f.bias"], out=a["lnf"], mean=a["lnf_mean"], rstd=a["lnf_rstd"], num_threads=nt)
-        op("linear_forward", K.linear_forward, a["lnf"], p["transformer.wte.weight"], out=logits, num_threads=nt)
+        """The forward pass (blocks.gpt2_forward) on the activation arena, keeping what the backward needs."""
+        gpt2_forward(_TrainingRun(self, idx.shape, nt), self._weights, self._acts, idx, logits)
 
     def forward(self, idx) -> np.ndarray:
         """Logits [B, T, V] (float32, a new array) for token ids idx [B, T] (any integer dtype)."""
@@ -283,11 +271,11 @@ class Model:
         op("embedding_backward", K.embedding_backward, dres.reshape(B, T, C), idx, g["transformer.wte.weight"],
            g["transformer.wpe.weight"], num_threads=nt)
 
-    # --- generation (cllm/generate.py) ------------------------------------------------------------------------
+    # --- generation (cllm/model/generate.py) ------------------------------------------------------------------------
 
     def generate(self, prompt, max_new_tokens: int = 256, **sampling):
         """The text that follows prompt (a str; or a list of str -> a list). sampling: temperature, top_k, top_p,
-        repetition_penalty, seed, stop (strings), use_cache. Needs ``tokenizer``. See ``cllm.generate.generate``."""
+        repetition_penalty, seed, stop (strings), use_cache. Needs ``tokenizer``. See ``cllm.model.generate.generate``."""
         return _generate.generate(self, prompt, max_new_tokens, **sampling)
 
     def generate_stream(self, prompt: str, max_new_tokens: int = 256, **sampling):
@@ -295,13 +283,13 @@ class Model:
         return _generate.generate_stream(self, prompt, max_new_tokens, **sampling)
 
     def generate_ids(self, ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None, stop=None,
-                     use_cache: bool = True):
+                     top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
+                     use_cache: bool = True, *, stop=None):
         """The token ids that follow ids (or, for a list of sequences, a list of lists): temperature 0 = greedy;
         top_k, top_p filter; repetition_penalty as CTRL's; a fixed seed reproduces; generation ends at a ``stop``
-        id. With or without the KV cache, the same ids. See ``cllm.generate.generate_ids``."""
+        id. With or without the KV cache, the same ids. See ``cllm.model.generate.generate_ids``."""
         return _generate.generate_ids(self, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
-                                      stop, use_cache)
+                                      use_cache, stop=stop)
 
     # --- files ------------------------------------------------------------------------------------------------
 
@@ -310,3 +298,34 @@ class Model:
         ``optimizer`` (a cllm.optim.AdamW) and ``trainer_state`` (JSON-able) it is a checkpoint to resume from.
         The format: docs/format.md; read back with ``cllm.load``."""
         checkpoint.save(path, self, optimizer=optimizer, trainer_state=trainer_state)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """a as [rows, last dimension] (a view)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+class _TrainingRun:
+    """``blocks.gpt2_forward``'s executor for training and evaluation: kernels over a step's activation arena
+    (fused residual and GELU epilogues in the GEMMs), each call timed by its kernel's name while profiling."""
+
+    def __init__(self, model: Model, shape: tuple, nt: int):
+        self.op, self.shape, self.nt, self.n_heads = model._op, shape, nt, model.config.n_heads
+
+    def embedding(self, idx, wte, wpe, out):
+        self.op("embedding_forward", K.embedding_forward, idx, wte, wpe, out=out.reshape(*self.shape, -1),
+                num_threads=self.nt)
+
+    def layernorm(self, x, w, out, mean, rstd):
+        self.op("layernorm_forward", K.layernorm_forward, x, w[0], w[1], out=out, mean=mean, rstd=rstd,
+                num_threads=self.nt)
+
+    def linear(self, x, w, out, residual=None, gelu_out=None):
+        self.op("linear_forward", K.linear_forward, _rows(x), w[0], w[1], out=_rows(out), residual=residual,
+                gelu_out=gelu_out, num_threads=self.nt)
+
+    def attention(self, layer, qkv, out, lse):
+        self.op("attention_forward", K.attention_forward, qkv, self.n_heads, out=out, lse=lse, num_threads=self.nt)
+
+    def logits_rows(self, x):
+        return x

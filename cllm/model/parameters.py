@@ -64,7 +64,8 @@ def memory_estimate(config: ModelConfig, batch: int, seq: int) -> dict:
 
 
 def is_decayed(name: str) -> bool:
-    """AdamW's weight decay applies to the 2-D weight matrices (the token embedding / tied head included) and
-    not to biases, LayerNorm parameters or the position embedding, as in nanoGPT and GPT-2 practice: decaying
-    them only pulls offsets and scales towards 0 without regularising anything."""
+    """AdamW's weight decay applies to the 2-D weight matrices (the token embedding / tied head included), not to
+    biases or LayerNorm parameters. nanoGPT decays every parameter of 2 or more dimensions, the position embedding
+    included; we leave the position embedding out too: it is a table of offsets, one per position, as a bias is,
+    and decay would only pull it towards 0 without regularising what the model computes."""
     return name.endswith(".weight") and "ln_" not in name and name != "transformer.wpe.weight"
