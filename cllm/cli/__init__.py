@@ -249,8 +249,8 @@ def _export(args) -> int:
 
 def _load(args):
     """The model of args.file, with args.threads applied."""
-    from .. import load
-    from .. import set_num_threads
+    from ..model import load
+    from ..runtime.threads import set_num_threads
 
     if args.threads is not None:
         set_num_threads(args.threads)
