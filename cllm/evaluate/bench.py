@@ -21,7 +21,7 @@ from ..runtime.atomic import atomic_write
 
 THREADS_ENV, QUICK_ENV = "CLLM_BENCH_THREADS", "CLLM_BENCH_QUICK"
 SCALING_SUITE = "train_step"
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"  # present in a source checkout only
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"  # present in a source checkout only
 PYTEST_USAGE_ERROR, PYTEST_NO_TESTS = 4, 5
 
 
