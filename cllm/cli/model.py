@@ -123,7 +123,8 @@ def _describe(f, verified: bool) -> dict:
     checkpoint = f.header.get("checkpoint") or {}
     return {
         "path": str(f.path), "format_version": ".".join(map(str, f.version)), "file_bytes": f.path.stat().st_size,
-        "model": {"config": model.config.to_dict(), "parameters": model.n_params, "parameter_bytes": 4 * model.n_params},
+        "model": {"config": model.config.to_dict(), "parameters": model.n_params,
+                  "parameter_bytes": 4 * model.n_params},
         "tokenizer": None if tok is None else {"vocab_size": tok.vocab_size, "merges": len(tok.merges),
                                                "pattern": tok.pattern, "special_tokens": list(tok.special_tokens)},
         "training": model.training_summary,

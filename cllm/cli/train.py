@@ -118,7 +118,8 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=o.num_threads,
                    help="kernel threads (default: the usable CPUs)")
     p.add_argument("--vocab-size", type=positive_int, default=o.vocab_size, help="default: the tuned %(default)s")
-    p.add_argument("--model", choices=tuple(PRESETS), default=o.model, help="preset size (default: the tuned %(default)s)")
+    p.add_argument("--model", choices=tuple(PRESETS), default=o.model,
+                   help="preset size (default: the tuned %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_pipeline)
 

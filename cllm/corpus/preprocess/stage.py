@@ -9,9 +9,10 @@ Workers are started with forkserver (spawn where there is none), never fork: a p
 region (cllm's kernels) deadlocks in a forked child. A worker that crashes (a segfault in a parser) costs its
 batch a retry one document at a time, and the document that crashes again is dropped as ``worker_crash``.
 
-Output: ``docs-NNNNN.jsonl`` shards (one ``{"text", "source", "meta"}`` object per line; what ``cllm tokenize``
-reads), each written to a hidden temporary file and renamed when complete, so an interrupted run leaves only
+Output: ``docs-NNNNN.jsonl`` shards (one ``{"text", "source", "meta"}`` object per line, written and read by
+``shards.py``; what ``cllm tokenize`` reads), each written with ``atomic_write``, so an interrupted run leaves only
 whole shards (and a report saying it was interrupted); ``report.json`` with documents kept and dropped by reason.
+SIGINT and SIGTERM stop the run between two documents; once the files are whole the signal is raised again.
 """
 
 from __future__ import annotations
