@@ -207,3 +207,24 @@ def test_output_that_is_a_file(tmp_path, capsys):
     f.write_text("x")
     assert _crawl_cli("http://127.0.0.1:9/", "--output", f) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_exits_with_its_code_and_the_crawl_resumes(tmp_path, sig, code):
+    """SIGINT / SIGTERM mid-crawl: exit 130 / 143 with one line on stderr, a whole manifest and report, and the
+    same command then finishes the crawl."""
+    with Site(robots="missing", pages=40) as site:
+        cmd = [sys.executable, "-m", "cllm", "crawl", site.base + "/page/0", "--output", str(tmp_path),
+               "--delay", "0.03", "--max-depth", "100", "--quiet"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while len(site.requests("/page/")) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        assert err.strip() == f"cllm crawl: stopped by {sig.name}"
+        assert 0 < len(manifest(tmp_path)) < 40 and json.loads((tmp_path / "report.json").read_text())["pages"]
+        assert not list(tmp_path.glob(".*.tmp"))
+        assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
+    assert {e["status"] for e in manifest(tmp_path).values()} == {"fetched"} and len(manifest(tmp_path)) == 40

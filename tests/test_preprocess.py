@@ -206,6 +206,26 @@ def test_interrupt_leaves_whole_shards(tmp_path):
     assert not list((tmp_path / "clean").glob(".*.tmp"))
 
 
+def test_sigterm_leaves_whole_shards_and_exits_143(tmp_path):
+    """SIGTERM (as from a job scheduler) acts like Ctrl-C: whole shards, an interrupted report, exit code 143."""
+    pages = [(f"http://s.test/{i}", "text/html", html.encode()) for i, (html, _) in
+             enumerate(corpus(3000, seed=7, paragraphs=4, links=10))]
+    write_warc(tmp_path / "crawl", pages)
+    cmd = [sys.executable, "-m", "cllm", "preprocess", "--input", str(tmp_path / "crawl"), "--output",
+           str(tmp_path / "clean"), "--workers", "1", "--shard-bytes", "20000", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list((tmp_path / "clean").glob("docs-*.jsonl"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err.strip() == "cllm preprocess: stopped by SIGTERM"
+    report = json.loads((tmp_path / "clean" / "report.json").read_text())
+    assert report["interrupted"] and len(read_docs(tmp_path / "clean")) == report["kept"]
+    assert not list((tmp_path / "clean").glob(".*.tmp"))
+
+
 def test_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("x")

@@ -1,9 +1,11 @@
 """cllm.Tokenizer (the Python face of the C++ BPE), its tokenizer.json files, token shards and `cllm tokenize`."""
 
 import json
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +194,42 @@ def test_cli_tokenize_bad_input(tmp_path, args, message):
                           cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) >= 1 and __import__("re").search(message, proc.stderr)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_tokenize_signal_leaves_whole_shards(tok, tmp_path, sig, code):
+    """SIGINT / SIGTERM while encoding: exit 130 / 143 with one line on stderr; the shards on disk are whole, the
+    one being written is discarded, and no stats.json claims a finished run."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = b"".join(p.read_bytes() for p in CORPUS)
+    for i in range(-(-(48 << 20) // len(text))):  # three batches of BATCH_BYTES
+        (docs / f"{i:03d}.py").write_bytes(text)
+    tok.save(tmp_path / "tokenizer.json")
+    out = tmp_path / "tokens"
+    cmd = [sys.executable, "-m", "cllm", "tokenize", "--input", str(docs), "--output", str(out), "--tokenizer",
+           str(tmp_path / "tokenizer.json"), "--val-fraction", "0", "--shard-tokens", "100000", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "train_0000.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert err.strip() == f"cllm tokenize: stopped by {sig.name}"
+    shards = sorted(out.glob("train_*.bin"))
+    assert shards and all(read_shard(p).size == 100_000 for p in shards)
+    assert not list(out.glob(".*.tmp")) and not (out / "stats.json").exists()
+
+
+def test_cli_tokenize_corrupt_jsonl_is_a_failure(tmp_path, capsys):
+    """A bad line in a document shard is corrupt input data: exit code 1, one line naming the file and line."""
+    from cllm.cli import main
+
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "docs-00000.jsonl").write_text('{"text": "fine"}\n\n{"text": 3}\n', encoding="utf-8")
+    assert main(["tokenize", "--input", str(tmp_path / "clean"), "--output", str(tmp_path / "tokens"),
+                 "--vocab-size", "300", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cllm tokenize: failed: read_documents: ")
+    assert "docs-00000.jsonl line 3 is not a JSON object with a \"text\" string" in err

@@ -12,7 +12,8 @@ Output folder: ``manifest.jsonl`` (one JSON object per file, sorted by source: s
 encoding, status), ``files/<root name>/<relative path>`` copies of the ``ok`` files (unless ``copy=False``: then
 ``path`` is the original's absolute path) and ``report.json`` (counts by status, and of pruned folders and
 unmatched files). Copies are made from the bytes that were hashed, so the manifest describes the copies exactly.
-The output appears atomically: it is built in a hidden folder and renamed into place at the end.
+The output appears at the end: the copies are made in a hidden staging folder and renamed into place, then
+manifest.jsonl and report.json are written with ``atomic_write`` (fsync'ed, renamed when whole).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..runtime.atomic import atomic_write
+from ..runtime.checks import is_integer
 from .textclean import decode
 
-__all__ = ["collect", "DEFAULT_INCLUDE", "SKIP_DIRS"]
+__all__ = ["CollectOptions", "DEFAULT_INCLUDE", "SKIP_DIRS", "collect"]
 
 DEFAULT_INCLUDE = ("*.c", "*.h", "*.cc", "*.cpp", "*.cxx", "*.hpp", "*.hh", "*.cu", "*.py", "*.pyi", "*.pyx",
                    "*.rs", "*.go", "*.java", "*.kt", "*.scala", "*.swift", "*.js", "*.ts", "*.rb", "*.pl", "*.lua",
@@ -197,39 +200,59 @@ def _root_names(roots: list[Path]) -> list[str]:
     return names
 
 
-def collect(roots, output, *, include=None, exclude=None, max_bytes: int = DEFAULT_MAX_BYTES,
-            gitignore: bool = False, follow_symlinks: bool = False, copy: bool = True) -> dict:
-    """Collect the text files under ``roots`` into ``output`` (see the module docstring); returns the report."""
+@dataclass(frozen=True)
+class CollectOptions:
+    """``collect``'s options, with their defaults: ``include`` / ``exclude`` file name patterns (a string of
+    comma-separated patterns or a list of them; include None: DEFAULT_INCLUDE), the largest file kept, whether
+    to obey .gitignore files and to follow symbolic links, and whether to copy the files or record their paths."""
+
+    include: object = None
+    exclude: object = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    gitignore: bool = False
+    follow_symlinks: bool = False
+    copy: bool = True
+
+    def __post_init__(self):
+        if not is_integer(self.max_bytes) or self.max_bytes < 1:
+            raise ValueError(f"collect: max_bytes must be a positive number of bytes (got {self.max_bytes!r})")
+
+
+def collect(roots, output, **options) -> dict:
+    """Collect the text files under ``roots`` into ``output`` (see the module docstring); returns the report.
+    Options: see CollectOptions."""
+    try:
+        opts = CollectOptions(**options)
+    except TypeError as e:
+        raise TypeError(f"collect: {e}".replace("CollectOptions.__init__() ", "")) from None
     roots = [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
     if not roots:
-        raise ValueError("collect: give at least one ROOT folder")
+        raise ValueError("collect: give at least one root folder")
     for root in roots:
         if not root.is_dir():
-            raise ValueError(f"collect: ROOT {root} is not a folder" if root.exists()
-                             else f"collect: ROOT {root} does not exist")
-    if max_bytes < 1:
-        raise ValueError(f"collect: max_bytes must be a positive number of bytes (got {max_bytes!r})")
-    include, exclude = _patterns(include) or DEFAULT_INCLUDE, _patterns(exclude)
+            raise ValueError(f"collect: root {root} is not a folder" if root.exists()
+                             else f"collect: root {root} does not exist")
+    include, exclude = _patterns(opts.include) or DEFAULT_INCLUDE, _patterns(opts.exclude)
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"collect: --output {output} exists and is not a folder")
+        raise ValueError(f"collect: output {output} exists and is not a folder")
     start = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
     staging = output / f".collect-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    walk = _Walk(include, exclude, max_bytes, follow_symlinks, _GitIgnores() if gitignore else None)
+    walk = _Walk(include, exclude, opts.max_bytes, opts.follow_symlinks, _GitIgnores() if opts.gitignore else None)
     walk.pruned.add(_identity(output))  # collecting a folder into itself must not collect the copies
     entries = []
     try:
         for root, name in zip(roots, _root_names(roots)):
             for path, rel in walk.files(root):
-                entries.append(_collect_file(path, f"{name}/{rel}", max_bytes, staging if copy else None))
+                entries.append(_collect_file(path, f"{name}/{rel}", opts.max_bytes, staging if opts.copy else None))
         entries.sort(key=lambda e: e["source"])
         status = Counter(e["status"] for e in entries)
         report = {"roots": [str(r.resolve()) for r in roots], "files": dict(sorted(status.items())),
                   "bytes": sum(e["bytes"] for e in entries if e["status"] == "ok"),
                   "walk": dict(sorted(walk.counts.items())), "include": list(include), "exclude": list(exclude),
-                  "max_bytes": max_bytes, "copied": copy, "seconds": round(time.perf_counter() - start, 3)}
+                  "max_bytes": opts.max_bytes, "copied": opts.copy, "seconds": round(time.perf_counter() - start, 3)}
         if not status["ok"]:
             raise ValueError(f"collect: no text files found under {', '.join(map(str, roots))} "
                              f"(include {','.join(include)}; skipped: {dict(status) or 'nothing matched'})")
@@ -261,14 +284,15 @@ def _collect_file(path: Path, source: str, max_bytes: int, staging: Path | None)
 
 
 def _publish(staging: Path, output: Path, entries: list[dict], report: dict):
-    """Replace output's files/, manifest.jsonl and report.json by the staged ones (renames, after the writes)."""
+    """Replace output's files/ by the staged one (the old one is moved into the staging folder, which the caller
+    removes), then write manifest.jsonl and report.json with atomic_write."""
     staging.mkdir(parents=True, exist_ok=True)
-    with open(staging / "manifest.jsonl", "w", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e, ensure_ascii=False) + "\n")
-    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(output / "files", ignore_errors=True)
+    if (output / "files").exists():
+        os.replace(output / "files", staging / "old-files")
     if (staging / "files").exists():
         os.replace(staging / "files", output / "files")
-    os.replace(staging / "manifest.jsonl", output / "manifest.jsonl")
-    os.replace(staging / "report.json", output / "report.json")
+    with atomic_write(output / "manifest.jsonl", "w") as f:
+        for e in entries:
+            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    with atomic_write(output / "report.json", "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")

@@ -22,6 +22,8 @@ import numpy as np
 
 from .._core import _bpe
 from ..runtime.atomic import atomic_write
+from ..runtime.checks import integer, is_integer
+from ..runtime.progress import progress_iter
 from ..runtime.threads import resolve_num_threads
 
 __all__ = ["END_OF_TEXT", "PATTERNS", "Tokenizer"]
@@ -85,12 +87,10 @@ class Tokenizer:
         the same for every thread count.
         """
         specials = list(special_tokens)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) \
-                or vocab_size < 256 + len(specials):
+        if not is_integer(vocab_size) or vocab_size < 256 + len(specials):
             raise ValueError(f"Tokenizer.train: vocab_size must be an integer >= 256 + {len(specials)} special "
                              f"tokens = {256 + len(specials)} (got {vocab_size!r})")
-        if isinstance(min_frequency, bool) or not isinstance(min_frequency, (int, np.integer)) or min_frequency < 1:
-            raise ValueError(f"Tokenizer.train: min_frequency must be an integer >= 1 (got {min_frequency!r})")
+        integer(min_frequency, "Tokenizer.train: min_frequency", 1)
         if pattern not in PATTERNS:
             raise ValueError(f"Tokenizer.train: pattern must be one of {sorted(PATTERNS)} (got {pattern!r})")
         if isinstance(texts_or_paths, (str, bytes, os.PathLike)):
@@ -99,7 +99,7 @@ class Tokenizer:
         nt = resolve_num_threads(num_threads, "Tokenizer.train: num_threads")
         counter = _bpe.WordCounter(pattern)
         batch, size = [], 0
-        for item in _progress(texts_or_paths, progress, "counting"):
+        for item in progress_iter(texts_or_paths, progress, "counting"):
             data = _as_bytes(item)
             batch.append(data)
             size += len(data)
@@ -306,11 +306,3 @@ def _as_bytes(item) -> bytes:
         except OSError as e:
             raise ValueError(f"Tokenizer.train: cannot read {os.fspath(item)}: {e.strerror}") from None
     raise TypeError(f"Tokenizer.train: items must be str texts or paths (got {type(item).__name__})")
-
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, unit="doc")

@@ -14,18 +14,23 @@ A shard file holds one stream of token ids, documents separated by the ``<|endof
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["HEADER_BYTES", "ShardWriter", "TokenData", "read_shard", "token_dtype"]
+from ..runtime.atomic import atomic_write
+
+__all__ = ["HEADER_BYTES", "ShardError", "ShardWriter", "TokenData", "read_shard", "token_dtype"]
 
 MAGIC = b"CLLMTOK\0"
 VERSION = 1
 HEADER_BYTES = 64
 _HEADER = struct.Struct("<8sIIQ")
+
+
+class ShardError(ValueError):
+    """A file that is not a valid token shard, or shards that do not match their tokenizer: bad input data."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -35,17 +40,27 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 class ShardWriter:
     """Appends token arrays to numbered shard files ``{prefix}_{k:04d}.bin`` of at most ``shard_tokens`` tokens,
-    each written to a temporary name and renamed when complete (a crash never leaves a torn shard)."""
+    each written with ``atomic_write`` (a crash never leaves a torn shard). As a context manager, an exception
+    discards the shard being written and keeps the finished ones."""
 
     def __init__(self, directory, prefix: str, vocab_size: int, shard_tokens: int = 100_000_000):
         self.directory, self.prefix, self.shard_tokens = Path(directory), prefix, int(shard_tokens)
         self.dtype = token_dtype(vocab_size)
         self.paths: list[Path] = []
         self.tokens = 0
-        self._file = None
+        self._file = self._writing = None  # the open file and atomic_write context of the shard being written
         self._count = 0
 
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None and self._writing is not None:
+            self._writing.__exit__(*exc)  # removes the partial shard's temporary file
+            self._file = self._writing = None
+
     def write(self, ids: np.ndarray) -> None:
+        """Append the tokens of ``ids``, starting a new shard whenever one is full."""
         ids = np.asarray(ids)
         while ids.size:
             if self._file is None:
@@ -60,8 +75,8 @@ class ShardWriter:
 
     def _open(self) -> None:
         path = self.directory / f"{self.prefix}_{len(self.paths):04d}.bin"
-        self._tmp = path.with_name(path.name + ".tmp")
-        self._file = open(self._tmp, "wb")
+        self._writing = atomic_write(path)
+        self._file = self._writing.__enter__()
         self._file.write(bytes(HEADER_BYTES))
         self._count = 0
         self.paths.append(path)
@@ -69,11 +84,8 @@ class ShardWriter:
     def _close(self) -> None:
         self._file.seek(0)
         self._file.write(_HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self._count))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.paths[-1])
-        self._file = None
+        self._writing.__exit__(None, None, None)  # flush, fsync, rename
+        self._file = self._writing = None
 
     def close(self) -> list[Path]:
         """Finish the last shard; returns every shard written (none if no token was written)."""
@@ -83,7 +95,7 @@ class ShardWriter:
 
 
 def read_shard(path) -> np.ndarray:
-    """The tokens of a shard, memory-mapped (uint16 or uint32). ValueError for a file that is not a valid shard."""
+    """The tokens of a shard, memory-mapped (uint16 or uint32). ShardError for a file that is not a valid shard."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -92,16 +104,16 @@ def read_shard(path) -> np.ndarray:
     except OSError as e:
         raise ValueError(f"read_shard: cannot read {path}: {e.strerror}") from None
     if len(head) < _HEADER.size or size < HEADER_BYTES:
-        raise ValueError(f"read_shard: {path} is too short to be a token shard ({size} bytes)")
+        raise ShardError(f"read_shard: {path} is too short to be a token shard ({size} bytes)")
     magic, version, width, count = _HEADER.unpack(head)
     if magic != MAGIC:
-        raise ValueError(f"read_shard: {path} is not a cllm token shard (magic {magic!r})")
+        raise ShardError(f"read_shard: {path} is not a cllm token shard (magic {magic!r})")
     if version > VERSION:
-        raise ValueError(f"read_shard: {path} has format version {version}; this cllm reads up to {VERSION}")
+        raise ShardError(f"read_shard: {path} has format version {version}; this cllm reads up to {VERSION}")
     if width not in (2, 4):
-        raise ValueError(f"read_shard: {path} has {width} bytes per token (expected 2 or 4)")
+        raise ShardError(f"read_shard: {path} has {width} bytes per token (expected 2 or 4)")
     if HEADER_BYTES + count * width != size:
-        raise ValueError(f"read_shard: {path} says {count} tokens of {width} bytes but holds "
+        raise ShardError(f"read_shard: {path} says {count} tokens of {width} bytes but holds "
                          f"{size - HEADER_BYTES} bytes of tokens")
     if count == 0:
         return np.zeros(0, dtype=f"<u{width}")
@@ -135,7 +147,7 @@ class TokenData:
                              f"empty ones)")
         top = max(int(s.max()) for s in self.train + self.val if s.size)
         if top >= self.tokenizer.vocab_size:
-            raise ValueError(f"train: data {self.directory} holds token id {top}, outside its tokenizer's "
+            raise ShardError(f"train: data {self.directory} holds token id {top}, outside its tokenizer's "
                              f"{self.tokenizer.vocab_size} tokens: shards and tokenizer.json do not match")
 
     def fingerprint(self) -> dict:

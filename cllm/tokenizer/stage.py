@@ -10,6 +10,8 @@ documents only. Every document is followed by ``<|endoftext|>``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,12 +20,35 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import ShardWriter
+from ..corpus.preprocess.shards import read_documents
+from ..runtime.atomic import atomic_write
+from ..runtime.checks import integer, is_number
+from ..runtime.progress import progress_iter
 from ..runtime.threads import resolve_num_threads
-from .bpe import BATCH_BYTES, END_OF_TEXT as EOT, Tokenizer, _progress
+from .bpe import BATCH_BYTES, END_OF_TEXT as EOT, Tokenizer
+from .shards import ShardWriter
 
-__all__ = ["iter_documents", "tokenize_corpus"]
+__all__ = ["TokenizeOptions", "is_validation", "iter_documents", "tokenize_corpus"]
 
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeOptions:
+    """``tokenize_corpus``'s options, with their defaults: the vocabulary size of the tokenizer to train (or
+    ``tokenizer``, a tokenizer.json to reuse), the fraction of documents held out for validation, the
+    pre-tokenization pattern, kernel threads (None: the usable CPUs), tokens per shard file, progress bars."""
+
+    vocab_size: int = 50_000
+    val_fraction: float = 0.05
+    tokenizer: object = None  # a tokenizer.json path
+    pattern: str = "gpt2"
+    num_threads: int | None = None
+    shard_tokens: int = 100_000_000
+    progress: bool = True
+
+    def __post_init__(self):
+        if not (is_number(self.val_fraction) and 0.0 <= self.val_fraction < 1.0):
+            raise ValueError(f"tokenize: val_fraction must be in [0, 1) (got {self.val_fraction!r})")
+        integer(self.shard_tokens, "tokenize: shard_tokens", 1)
 
 
 def _document_files(path: Path) -> tuple[list[Path], bool]:
@@ -49,47 +74,67 @@ def iter_documents(inputs) -> Iterator[bytes]:
     for path in map(Path, inputs):
         files, jsonl = _document_files(path)
         for f in files:
-            if not jsonl:
+            if jsonl:
+                yield from read_documents(f)
+            else:
                 yield f.read_bytes()
-                continue
-            with open(f, "rb") as lines:
-                for n, line in enumerate(lines, 1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)["text"].encode("utf-8", "surrogatepass")
-                        except (ValueError, KeyError, TypeError, AttributeError):
-                            raise ValueError(f"tokenize: {f} line {n} is not a JSON object with a \"text\" string")
 
 
 def is_validation(document: bytes, val_fraction: float) -> bool:
+    """Whether a document belongs to the validation split: a hash of its bytes under ``val_fraction``."""
     h = int.from_bytes(hashlib.blake2b(document, digest_size=8).digest(), "little")
     return h < val_fraction * 2**64
 
 
-def tokenize_corpus(inputs, output, *, vocab_size: int = 50_000, val_fraction: float = 0.05, tokenizer=None,
-                    pattern: str = "gpt2", num_threads=None, shard_tokens: int = 100_000_000,
-                    progress: bool = True) -> dict:
+def tokenize_corpus(inputs, output, **options) -> dict:
     """Train (or load, with ``tokenizer=`` a tokenizer.json path) a tokenizer and write token shards to output/:
-    tokenizer.json, train_NNNN.bin, val_NNNN.bin, stats.json. Returns the stats."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"tokenize: val_fraction must be in [0, 1) (got {val_fraction!r})")
-    nt = resolve_num_threads(num_threads, "tokenize: num_threads")
+    tokenizer.json, train_NNNN.bin, val_NNNN.bin, stats.json. Returns the stats. Options: see TokenizeOptions."""
+    try:
+        opts = TokenizeOptions(**options)
+    except TypeError as e:
+        raise TypeError(f"tokenize: {e}".replace("TokenizeOptions.__init__() ", "")) from None
+    nt = resolve_num_threads(opts.num_threads, "tokenize: num_threads")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if tokenizer is None:
-        train_docs = (d for d in iter_documents(inputs) if not is_validation(d, val_fraction))
-        tok = Tokenizer.train(_progress(train_docs, progress, "training tokenizer"), vocab_size,
-                              special_tokens=(EOT,), pattern=pattern, num_threads=nt)
-    else:
-        tok = Tokenizer.load(tokenizer)
-        if EOT not in tok.special_tokens:
-            raise ValueError(f"tokenize: the tokenizer {tokenizer} has no {EOT} special token")
+    tok = _tokenizer(inputs, opts, nt)
     tok.save(output / "tokenizer.json")
     trained = time.perf_counter()
+    with contextlib.ExitStack() as stack:  # an exception discards the shards being written, keeps finished ones
+        writers = {split: stack.enter_context(ShardWriter(output, split, tok.vocab_size, opts.shard_tokens))
+                   for split in ("train", "val")}
+        counts = _encode(iter_documents(inputs), tok, writers, opts, nt)
+        shards = {split: [p.name for p in w.close()] for split, w in writers.items()}
+    if not counts["train"]["documents"]:
+        raise ValueError("tokenize: no training documents (empty inputs, or val_fraction too high)")
+    stats = {
+        "vocab_size": tok.vocab_size, "pattern": tok.pattern, "dtype": writers["train"].dtype.name,
+        **{split: {**c, "bytes_per_token": c["bytes"] / max(c["tokens"], 1), "shards": shards[split]}
+           for split, c in counts.items()},
+        "seconds": {"tokenizer": trained - start, "encoding": time.perf_counter() - trained},
+        "threads": nt,
+    }
+    with atomic_write(output / "stats.json", "w") as f:
+        f.write(json.dumps(stats, indent=2) + "\n")
+    return stats
 
+
+def _tokenizer(inputs, opts: TokenizeOptions, nt: int) -> Tokenizer:
+    """The tokenizer given by ``opts.tokenizer``, or one trained on the training documents of ``inputs``."""
+    if opts.tokenizer is None:
+        train_docs = (d for d in iter_documents(inputs) if not is_validation(d, opts.val_fraction))
+        return Tokenizer.train(progress_iter(train_docs, opts.progress, "training tokenizer"), opts.vocab_size,
+                               special_tokens=(EOT,), pattern=opts.pattern, num_threads=nt)
+    tok = Tokenizer.load(opts.tokenizer)
+    if EOT not in tok.special_tokens:
+        raise ValueError(f"tokenize: the tokenizer {opts.tokenizer} has no {EOT} special token")
+    return tok
+
+
+def _encode(documents, tok: Tokenizer, writers: dict, opts: TokenizeOptions, nt: int) -> dict:
+    """Encode the documents in batches of about BATCH_BYTES into their split's writer, each followed by
+    <|endoftext|>; returns the documents, bytes and tokens of each split."""
     eot = np.array([tok.special_tokens[EOT]], dtype=np.uint32)
-    writers = {split: ShardWriter(output, split, tok.vocab_size, shard_tokens) for split in ("train", "val")}
     counts = {split: {"documents": 0, "bytes": 0, "tokens": 0} for split in writers}
 
     def flush(batch):
@@ -101,8 +146,8 @@ def tokenize_corpus(inputs, output, *, vocab_size: int = 50_000, val_fraction: f
             docs.clear()
 
     batch, size = {"train": [], "val": []}, 0
-    for doc in _progress(iter_documents(inputs), progress, "tokenizing"):
-        split = "val" if is_validation(doc, val_fraction) else "train"
+    for doc in progress_iter(documents, opts.progress, "tokenizing"):
+        split = "val" if is_validation(doc, opts.val_fraction) else "train"
         batch[split].append(doc)
         counts[split]["documents"] += 1
         counts[split]["bytes"] += len(doc)
@@ -111,15 +156,4 @@ def tokenize_corpus(inputs, output, *, vocab_size: int = 50_000, val_fraction: f
             flush(batch)
             size = 0
     flush(batch)
-    shards = {split: [p.name for p in w.close()] for split, w in writers.items()}
-    if not counts["train"]["documents"]:
-        raise ValueError("tokenize: no training documents (empty inputs, or val_fraction too high)")
-    stats = {
-        "vocab_size": tok.vocab_size, "pattern": tok.pattern, "dtype": writers["train"].dtype.name,
-        **{split: {**c, "bytes_per_token": c["bytes"] / max(c["tokens"], 1), "shards": shards[split]}
-           for split, c in counts.items()},
-        "seconds": {"tokenizer": trained - start, "encoding": time.perf_counter() - trained},
-        "threads": nt,
-    }
-    (output / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    return stats
+    return counts

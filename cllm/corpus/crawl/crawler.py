@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..._version import __version__
+from ...runtime.atomic import atomic_write
+from ...runtime.checks import is_integer
+from ...runtime.progress import progress_bar
 from .fetch import ACCEPT, ACCEPT_ENCODING, Fetched, Limits, fetch, is_html
 from .frontier import Frontier
 from .robots import Robots
@@ -235,14 +237,13 @@ class Crawler:
 
 def _report(crawler: Crawler, start: float, start_urls: list[str]) -> dict:
     by_status, by_reason, total_bytes = Counter(), Counter(), 0
-    with open(crawler.output / ".manifest.jsonl.tmp", "w", encoding="utf-8") as f:
+    with atomic_write(crawler.output / "manifest.jsonl", "w") as f:
         for entry in crawler.frontier.results():
             by_status[entry["status"]] += 1
             if entry.get("reason"):
                 by_reason[entry["reason"]] += 1
             total_bytes += entry.get("bytes", 0)
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    os.replace(crawler.output / ".manifest.jsonl.tmp", crawler.output / "manifest.jsonl")
     rules = crawler.robots.rules if crawler.robots else {}
     robots = {origin: {"status": r.status, "crawl_delay": r.delay, **({"detail": r.detail} if r.detail else {})}
               for origin, r in sorted(rules.items())}
@@ -251,9 +252,8 @@ def _report(crawler: Crawler, start: float, start_urls: list[str]) -> dict:
               "queued_left": sum(crawler.frontier.queued_by_host().values()), "robots": robots,
               "unreachable_robots": sorted(o for o, r in robots.items() if r["status"] == "unreachable"),
               "this_run": dict(sorted(crawler.run_counts.items())), "seconds": round(time.monotonic() - start, 3)}
-    tmp = crawler.output / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, crawler.output / "report.json")
+    with atomic_write(crawler.output / "report.json", "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -270,21 +270,17 @@ def crawl(urls, output, options: CrawlOptions | None = None, progress: bool = Fa
         raise ValueError("crawl: give at least one URL")
     for name in ("max_pages", "concurrency", "host_concurrency", "max_depth"):
         value = getattr(options, name)
-        if not isinstance(value, int) or value < (0 if name == "max_depth" else 1):
+        if not is_integer(value) or value < (0 if name == "max_depth" else 1):
             raise ValueError(f"crawl: {name} must be a {'non-negative' if name == 'max_depth' else 'positive'} "
                              f"integer (got {value!r})")
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"crawl: --output {output} exists and is not a folder")
+        raise ValueError(f"crawl: output {output} exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     crawler = Crawler(output, start_urls, options)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = crawler.progress = tqdm(total=options.max_pages, initial=crawler.fetched, unit="page",
-                                      desc="crawling", dynamic_ncols=True)
+    bar = crawler.progress = progress_bar(progress, total=options.max_pages, initial=crawler.fetched, unit="page",
+                                          desc="crawling")
     try:
         try:
             asyncio.run(crawler.run())
@@ -292,6 +288,5 @@ def crawl(urls, output, options: CrawlOptions | None = None, progress: bool = Fa
             report = _report(crawler, start, start_urls)
         return report
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         crawler.close()

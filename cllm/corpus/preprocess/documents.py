@@ -19,6 +19,7 @@ from pathlib import Path
 from ..crawl.fetch import is_html, media_type
 from .filters import Thresholds, quality_issue
 from .minhash import signature
+from .shards import JsonlError
 from ..textclean import charset_from_content_type, decode, normalize, without_xml_declaration
 
 __all__ = ["iter_items", "process_batch", "MAX_RECORD_BYTES"]
@@ -46,16 +47,16 @@ def resolve_inputs(inputs) -> list[tuple[str, Path]]:
             elif (path / "manifest.jsonl").is_file():
                 resolved.append(("manifest", path / "manifest.jsonl"))
             else:
-                raise ValueError(f"preprocess: --input {path} has no manifest.jsonl or *.warc.gz (expected the "
+                raise ValueError(f"preprocess: input {path} has no manifest.jsonl or *.warc.gz (expected the "
                                  f"output folder of cllm collect or cllm crawl)")
         elif path.is_file() and path.name.endswith((".warc.gz", ".warc")):
             resolved.append(("warc", path))
         elif path.is_file() and path.name.endswith(".jsonl"):
             resolved.append(("manifest", path))
         elif path.exists():
-            raise ValueError(f"preprocess: --input {path} is not a folder, a manifest .jsonl or a .warc(.gz) file")
+            raise ValueError(f"preprocess: input {path} is not a folder, a manifest .jsonl or a .warc(.gz) file")
         else:
-            raise ValueError(f"preprocess: --input {path} does not exist")
+            raise ValueError(f"preprocess: input {path} does not exist")
     return resolved
 
 
@@ -68,7 +69,7 @@ def _manifest_items(manifest: Path):
                     continue
                 path = Path(entry["path"])
             except (ValueError, KeyError, TypeError, AttributeError):
-                raise ValueError(f"preprocess: {manifest} line {n} is not a cllm collect manifest entry "
+                raise JsonlError(f"preprocess: {manifest} line {n} is not a cllm collect manifest entry "
                                  f"(a JSON object with source, path and status)") from None
             path = path if path.is_absolute() else manifest.parent / path
             yield ("file", entry["source"], {"path": entry["path"], "sha256": entry.get("sha256"),

@@ -9,16 +9,19 @@ Workers are started with forkserver (spawn where there is none), never fork: a p
 region (cllm's kernels) deadlocks in a forked child. A worker that crashes (a segfault in a parser) costs its
 batch a retry one document at a time, and the document that crashes again is dropped as ``worker_crash``.
 
-Output: ``docs-NNNNN.jsonl`` shards (one ``{"text", "source", "meta"}`` object per line; what ``cllm tokenize``
-reads), each written to a hidden temporary file and renamed when complete, so an interrupted run leaves only
+Output: ``docs-NNNNN.jsonl`` shards (one ``{"text", "source", "meta"}`` object per line, written and read by
+``shards.py``; what ``cllm tokenize`` reads), each written with ``atomic_write``, so an interrupted run leaves only
 whole shards (and a report saying it was interrupted); ``report.json`` with documents kept and dropped by reason.
+SIGINT and SIGTERM stop the run between two documents; once the files are whole the signal is raised again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
@@ -26,50 +29,21 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 
-from .documents import iter_items, process_batch, resolve_inputs
-from .filters import Thresholds
 from ...runtime.atomic import atomic_write
-from .minhash import LSHIndex
+from ...runtime.checks import integer
+from ...runtime.progress import progress_bar
 from ...runtime.signals import StopSignals, ignore_sigint
 from ...runtime.threads import resolve_num_threads
+from .documents import iter_items, process_batch, resolve_inputs
+from .filters import Thresholds
+from .minhash import LSHIndex
+from .shards import JsonlShards
 
-__all__ = ["preprocess"]
+__all__ = ["PreprocessOptions", "preprocess"]
 
 BATCH_BYTES = 1 << 20  # work sent to a worker at a time
 BATCH_ITEMS = 256
 DEFAULT_SHARD_BYTES = 256 << 20
-
-
-class JsonlShards:
-    """``docs-NNNNN.jsonl`` files of at most ~shard_bytes each, every one complete or absent."""
-
-    def __init__(self, folder: Path, shard_bytes: int):
-        self.folder, self.shard_bytes = folder, shard_bytes
-        self.names, self.file, self.size = [], None, 0
-        for old in folder.glob("docs-*.jsonl"):  # a previous run's shards would be read with ours
-            old.unlink()
-
-    def write(self, document: dict):
-        if self.file is None:
-            name = f"docs-{len(self.names):05d}.jsonl"
-            self.names.append(name)
-            self.file, self.size = open(self.folder / f".{name}.tmp", "w", encoding="utf-8"), 0
-        line = json.dumps(document, ensure_ascii=False) + "\n"
-        self.file.write(line)
-        self.size += len(line)
-        if self.size >= self.shard_bytes:
-            self._finish()
-
-    def _finish(self):
-        self.file.close()
-        name = self.names[-1]
-        os.replace(self.folder / f".{name}.tmp", self.folder / name)
-        self.file = None
-
-    def close(self) -> list[str]:
-        if self.file is not None:
-            self._finish()
-        return self.names
 
 
 def _batches(items):
@@ -132,73 +106,106 @@ def _drain_one(pending: deque, pool, workers: int, thresholds: Thresholds):
     return pool
 
 
-def preprocess(inputs, output, *, workers=None, thresholds: Thresholds = Thresholds(), near_dedup: bool = True,
-               shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> dict:
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+    """``preprocess``'s options, with their defaults: worker processes (None: the usable CPUs), the quality filters'
+    thresholds, near-duplicate removal (exact duplicates always go), bytes per shard, a progress bar."""
+
+    workers: int | None = None
+    thresholds: Thresholds = Thresholds()
+    near_dedup: bool = True
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    progress: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.thresholds, Thresholds):
+            raise ValueError(f"preprocess: thresholds must be a Thresholds (got {self.thresholds!r})")
+        if not 0.0 < self.thresholds.near_dup_threshold <= 1.0:
+            raise ValueError(f"preprocess: near_dup_threshold must be in (0, 1] (got "
+                             f"{self.thresholds.near_dup_threshold})")
+        integer(self.shard_bytes, "preprocess: shard_bytes", 1)
+
+
+def preprocess(inputs, output, **options) -> dict:
     """Preprocess ``inputs`` (collect/crawl output folders, manifests, WARC files) into ``output``; returns the
-    report (also written to output/report.json)."""
+    report (also written to output/report.json). Options: see PreprocessOptions. After SIGINT or SIGTERM it stops
+    between two documents, writes whole shards and the report, and then lets the signal act."""
+    try:
+        opts = PreprocessOptions(**options)
+    except TypeError as e:
+        raise TypeError(f"preprocess: {e}".replace("PreprocessOptions.__init__() ", "")) from None
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not inputs:
-        raise ValueError("preprocess: give at least one --input")
+        raise ValueError("preprocess: give at least one input")
     resolve_inputs(inputs)  # bad inputs are usage errors before any work
-    workers = resolve_num_threads(workers, "preprocess: workers")
-    if not 0.0 < thresholds.near_dup_threshold <= 1.0:
-        raise ValueError(f"preprocess: near_dup_threshold must be in (0, 1] (got {thresholds.near_dup_threshold})")
+    workers = resolve_num_threads(opts.workers, "preprocess: workers")
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"preprocess: --output {output} exists and is not a folder")
+        raise ValueError(f"preprocess: output {output} exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    problems, dropped, seen, index = Counter(), Counter(), set(), LSHIndex(thresholds.near_dup_threshold)
-    shards = JsonlShards(output, shard_bytes)
-    stats = {"documents": 0, "kept": 0, "bytes_in": 0, "chars_out": 0}
-    errors = []
-    interrupted = False
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="doc", desc="preprocessing", dynamic_ncols=True)
+    problems, run = Counter(), _Run(opts)
     with StopSignals() as stop:
         try:
-            for r in _results(_batches(iter_items(inputs, problems)), workers, thresholds):
-                if stop.signal:  # Ctrl-C / SIGTERM: stop between documents, every shard whole
-                    interrupted = True
-                    break
-                stats["documents"] += 1
-                stats["bytes_in"] += r["bytes"]
-                if bar is not None:
-                    bar.update(1)
-                drop = r["drop"]
-                if drop is None and r["hash"] in seen:
-                    drop = "exact_duplicate"
-                elif drop is None and near_dedup and not index.add_if_new(r["signature"]):
-                    drop = "near_duplicate"
-                if drop is not None:
-                    dropped[drop] += 1
-                    if "error" in r and len(errors) < 20:
-                        errors.append(f"{r['source']}: {r['error']}")
-                    continue
-                seen.add(r["hash"])
-                shards.write({"text": r["text"], "source": r["source"], "meta": r["meta"]})
-                stats["kept"] += 1
-                stats["chars_out"] += len(r["text"])
+            run.documents(_results(_batches(iter_items(inputs, problems)), workers, opts.thresholds), output, stop)
         finally:
-            if bar is not None:
-                bar.close()
-            names = shards.close()
             seconds = time.perf_counter() - start
-            report = {**stats, "dropped": dict(sorted(dropped.items())), "problems": dict(sorted(problems.items())),
-                      "errors": errors, "shards": names, "workers": workers, "seconds": round(seconds, 3),
-                      "mb_per_s": round(stats["bytes_in"] / 1e6 / max(seconds, 1e-9), 2),
-                      "thresholds": asdict(thresholds), "near_dedup": near_dedup, "interrupted": interrupted,
-                      "inputs": [str(p) for p in inputs]}
+            report = {**run.stats, "dropped": dict(sorted(run.dropped.items())),
+                      "problems": dict(sorted(problems.items())), "errors": run.errors, "shards": run.names,
+                      "workers": workers, "seconds": round(seconds, 3),
+                      "mb_per_s": round(run.stats["bytes_in"] / 1e6 / max(seconds, 1e-9), 2),
+                      "thresholds": asdict(opts.thresholds), "near_dedup": opts.near_dedup,
+                      "interrupted": stop.signal is not None, "inputs": [str(p) for p in inputs]}
             with atomic_write(output / "report.json", "w") as f:
                 f.write(json.dumps(report, indent=2) + "\n")
-    if interrupted:
-        raise KeyboardInterrupt
-    if not stats["documents"]:
+    if stop.signal:
+        signal.raise_signal(getattr(signal, stop.signal))  # now that every file is whole
+    if not run.stats["documents"]:
         raise ValueError(f"preprocess: no documents in {', '.join(map(str, inputs))} "
                          f"(problems: {dict(problems) or 'none'})")
-    if not stats["kept"]:
-        raise ValueError(f"preprocess: every document was dropped ({dict(dropped)}); see {output / 'report.json'}")
+    if not run.stats["kept"]:
+        raise ValueError(f"preprocess: every document was dropped ({dict(run.dropped)}); see "
+                         f"{output / 'report.json'}")
     return report
+
+
+class _Run:
+    """The main process's part, in input order: exact and near dedup, the shard writer, the counts."""
+
+    def __init__(self, opts: PreprocessOptions):
+        self.opts = opts
+        self.stats = {"documents": 0, "kept": 0, "bytes_in": 0, "chars_out": 0}
+        self.dropped, self.errors, self.names = Counter(), [], []
+        self.seen, self.index = set(), LSHIndex(opts.thresholds.near_dup_threshold)
+
+    def documents(self, results, output: Path, stop: StopSignals) -> None:
+        """Keep or drop each result; stops between documents on a signal (Ctrl-C / SIGTERM), every shard whole."""
+        shards = JsonlShards(output, self.opts.shard_bytes)
+        bar = progress_bar(self.opts.progress, unit="doc", desc="preprocessing")
+        try:
+            for r in results:
+                if stop.signal:
+                    break
+                self._document(r, shards)
+                bar.update(1)
+        finally:
+            bar.close()
+            self.names = shards.close()
+
+    def _document(self, r: dict, shards: JsonlShards) -> None:
+        self.stats["documents"] += 1
+        self.stats["bytes_in"] += r["bytes"]
+        drop = r["drop"]
+        if drop is None and r["hash"] in self.seen:
+            drop = "exact_duplicate"
+        elif drop is None and self.opts.near_dedup and not self.index.add_if_new(r["signature"]):
+            drop = "near_duplicate"
+        if drop is not None:
+            self.dropped[drop] += 1
+            if "error" in r and len(self.errors) < 20:
+                self.errors.append(f"{r['source']}: {r['error']}")
+            return
+        self.seen.add(r["hash"])
+        shards.write({"text": r["text"], "source": r["source"], "meta": r["meta"]})
+        self.stats["kept"] += 1
+        self.stats["chars_out"] += len(r["text"])
