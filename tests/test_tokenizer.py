@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cllm
 from cllm import Tokenizer
 from cllm.tokenizer.shards import ShardWriter, read_shard
 from cllm.tokenizer.stage import is_validation

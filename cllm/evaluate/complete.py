@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.generate import generate
+from ..runtime import checks
 
 __all__ = ["complete"]
 
@@ -24,8 +25,7 @@ def complete(model, sources, *, positions: int = 20, seed: int = 0, max_new_toke
     code before each, greedily; see the module's docstring. Returns the rates and the first ``examples`` cases."""
     for name, value, low in (("positions", positions, 1), ("max_new_tokens", max_new_tokens, 1),
                              ("examples", examples, 0), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"complete: {name} must be an integer >= {low} (got {value!r})")
+        checks.integer(value, f"complete: {name}", low)
     if model.tokenizer is None:
         raise ValueError("complete: the model has no tokenizer")
     cases = _held_out_lines(_source_files(sources), positions, seed)

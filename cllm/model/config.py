@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import operator
+
+from ..runtime import checks
 
 __all__ = ["PRESETS", "ModelConfig"]
 
@@ -33,14 +34,8 @@ class ModelConfig:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            try:
-                ok = not isinstance(value, bool) and operator.index(value) >= 1
-            except TypeError:
-                ok = False
-            if not ok:
-                raise ValueError(f"ModelConfig: {field.name} must be an integer >= 1 (got {value!r})")
-            object.__setattr__(self, field.name, operator.index(value))
+            value = checks.integer(getattr(self, field.name), f"ModelConfig: {field.name}", 1)
+            object.__setattr__(self, field.name, value)
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig: d_model must be divisible by n_heads (got d_model={self.d_model}, "
                              f"n_heads={self.n_heads})")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from .. import kernels as K
+from ..runtime import checks
 from ..runtime.threads import get_num_threads
 
 __all__ = ["AdamW"]
@@ -23,7 +23,7 @@ class AdamW:
 
     def __init__(self, model, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0):
         def number(name, value, low, high=math.inf, low_open=False):
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            ok = checks.is_number(value) and math.isfinite(value)
             if not ok or value < low or (low_open and value == low) or value > high:
                 raise ValueError(f"AdamW: {name} must be a number in {'(' if low_open else '['}{low}, {high}] "
                                  f"(got {value!r})")

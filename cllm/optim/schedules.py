@@ -7,7 +7,8 @@ same rate for the same step.
 from __future__ import annotations
 
 import math
-import numbers
+
+from ..runtime import checks
 
 __all__ = ["SCHEDULES", "lr_at"]
 
@@ -83,13 +84,11 @@ def _checked(step, lr, warmup, max_steps, min_lr, schedule, decay_steps):
 
 def _integer(name, value, minimum):
     """``value`` as a Python int >= minimum (numpy integers welcome, booleans not), else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"lr_at: {name} must be an integer >= {minimum} (got {value!r})")
-    return int(value)
+    return checks.integer(value, f"lr_at: {name}", minimum)
 
 
 def _real(name, value):
     """``value`` as a float (numpy scalars welcome, booleans and strings not), else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not checks.is_number(value):
         raise ValueError(f"lr_at: {name} must be a real number (got {value!r})")
     return float(value)

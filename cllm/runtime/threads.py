@@ -15,10 +15,11 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import operator
 import os
 import re
 import warnings
+
+from . import checks
 
 __all__ = ["effective_cpu_count", "get_num_threads", "configured_num_threads", "set_num_threads", "threads",
            "resolve_num_threads", "SphereTree", "sphere_tree", "tree_sum"]
@@ -109,13 +110,7 @@ def effective_cpu_count() -> int:
 
 def _as_int(value, name, minimum):
     """``value`` as an int >= ``minimum`` (int or numpy integer, not bool), else ValueError naming ``name``."""
-    try:
-        n = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        n = None
-    if n is None or n < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r})")
-    return n
+    return checks.integer(value, name, minimum)
 
 
 def _check_threads(value, name):

@@ -7,6 +7,7 @@ import os
 
 from ..model.config import PRESETS, ModelConfig
 from ..optim.schedules import SCHEDULES
+from ..runtime import checks
 
 __all__ = ["TrainConfig"]
 
@@ -49,22 +50,15 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        def integer(name, low, optional=False):
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"TrainConfig: {name} must be an integer >= {low}{' or None' if optional else ''} "
-                                 f"(got {value!r})")
+        def integer(name, low, optional=False):  # stored as a Python int: the config goes into JSON
+            object.__setattr__(self, name, checks.integer(getattr(self, name), f"TrainConfig: {name}", low,
+                                                          optional=optional))
 
         def number(name, low, optional=False, open_low=False):
             value = getattr(self, name)
-            if optional and value is None:
-                return
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-            if not ok or value < low or (open_low and value == low) or value == float("inf"):
-                raise ValueError(f"TrainConfig: {name} must be a finite number {'>' if open_low else '>='} {low}"
-                                 f"{' or None' if optional else ''} (got {value!r})")
+            checks.number(value, f"TrainConfig: {name}", low, low_open=open_low, optional=optional)
+            if value is not None and not isinstance(value, (int, float)):
+                object.__setattr__(self, name, float(value))  # a numpy scalar, which JSON cannot take
 
         if not isinstance(self.output, (str, os.PathLike)):
             raise ValueError(f"TrainConfig: output must be a path (got {self.output!r})")

@@ -27,20 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.atomic import atomic_write
-from ..model.config import PRESETS, ModelConfig
-from ..tokenizer.shards import TokenData
-from .batches import Windows
-from .config import TrainConfig
-from .distributed import GradientSum, world
+from ..evaluate.metrics import bits_per_byte, held_out_sample
 from ..formats import FormatError
 from ..model import Model, read
+from ..model.config import PRESETS, ModelConfig
 from ..model.parameters import memory_estimate, parameter_layout
 from ..optim import AdamW, lr_at
+from ..runtime.atomic import atomic_write
 from ..runtime.progress import progress_bar
 from ..runtime.resources import available_memory, cpu_seconds, peak_rss
 from ..runtime.signals import StopSignals
 from ..runtime.threads import threads
+from ..tokenizer.shards import TokenData
+from .batches import Windows
+from .config import TrainConfig
+from .distributed import GradientSum, world
+from .report import write_report
+from .state import TrainerState
 
 __all__ = ["TrainResult", "train"]
 
@@ -164,15 +167,27 @@ class Trainer:
     # --- the run -----------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        c = self.cfg
-        nt = c.num_threads or self.world.default_threads()
+        c, w = self.cfg, self.world
+        nt = c.num_threads or w.default_threads()
         with threads(nt), StopSignals() as stop:
-            self.model, self.opt, state, resumed_from = self._start()
-            self.micro = state["micro_batch"]
-            self.state = state
-            self.gradient_sum = GradientSum(self.world, c.batch_size // self.micro, self.model.params.size)
-            result = self._loop(stop, resumed_from, nt)
-        return result
+            self.model, self.opt, self.state, resumed_from = self._start()
+            self.micro = self.state.micro_batch
+            self.gradient_sum = GradientSum(w, c.batch_size // self.micro, self.model.params.size)
+            session_start, cpu_start = time.perf_counter(), cpu_seconds()
+            elapsed_before = self.state.elapsed
+            # Rank 0's clock, so that every rank takes the same time-based decisions (a collective with several
+            # ranks: every rank calls it at the same points).
+            self.elapsed = lambda: w.bcast(elapsed_before + time.perf_counter() - session_start)
+            stopped = self._loop(stop)
+            self.state.elapsed = self.elapsed()
+            checkpoint = self._checkpoint()
+            session = {"seconds": time.perf_counter() - session_start, "cpu_seconds": cpu_seconds() - cpu_start,
+                       "threads": nt, "ranks": w.size, "peak_rss": peak_rss()}
+            report = None
+            if stopped not in ("SIGINT", "SIGTERM") and w.rank == 0:
+                self._save_output()
+                report = write_report(self.folder, self.metrics_path, self._summary(), c, self.model_config, session)
+        return self._result(stopped, checkpoint, report, resumed_from)
 
     def _start(self):
         """(model, optimizer, trainer state, checkpoint resumed from or None): rank 0's, on every rank."""
@@ -200,11 +215,12 @@ class Trainer:
                 except FormatError:
                     continue  # e.g. a disk error after writing: fall back to the previous one
                 self._check_resumable(path, f.trainer_state or {})
+                state = TrainerState.from_dict(f.trainer_state, path)
                 model, opt = f.model, self._optimizer(f.model)
                 opt.load_state_dict(f.optimizer)
                 model.tokenizer = self.data.tokenizer
-                self._truncate_metrics(f.trainer_state["step"])
-                return model, opt, f.trainer_state, path
+                self._truncate_metrics(state.step)
+                return model, opt, state, path
         for old in self.checkpoints.glob("step_*.cllm"):
             old.unlink()
         if self.metrics_path.exists():
@@ -212,10 +228,8 @@ class Trainer:
         micro_batch = self._micro_batch()  # before allocating the model: a model too large fails here
         model = Model(self.model_config, seed=c.seed)
         model.tokenizer = self.data.tokenizer
-        state = {"format": 1, "config": c.to_dict(), "data": self.data.fingerprint(), "step": 0, "tokens": 0,
-                 "elapsed": 0.0, "micro_batch": micro_batch, "planned_steps": self.planned,
-                 "warmup": self.warmup, "best_val_loss": None, "evals_since_best": 0, "evals": [],
-                 "last_loss": None, "tenths": {"eval": 0, "checkpoint": 0}}
+        state = TrainerState(config=c.to_dict(), data=self.data.fingerprint(), micro_batch=micro_batch,
+                             planned_steps=self.planned, warmup=self.warmup)
         return model, self._optimizer(model), state, None
 
     def _optimizer(self, model: Model) -> AdamW:
@@ -231,83 +245,72 @@ class Trainer:
             raise ValueError(f"train: checkpoint {path} was made with other settings: {', '.join(changed)}; pass "
                              f"the same options to resume, or resume=False (--no-resume) to start over")
 
-    def _loop(self, stop, resumed_from, nt) -> TrainResult:
-        c, st, opt, w = self.cfg, self.state, self.opt, self.world
-        B, T = c.batch_size, c.seq_len
-        session_start, cpu_start = time.perf_counter(), cpu_seconds()
-        elapsed_before = st["elapsed"]
-        # Rank 0's clock, so that every rank takes the same time-based decisions (a collective with several
-        # ranks: every rank calls it at the same points, which is why ranks other than 0 write to os.devnull).
-        elapsed = lambda: w.bcast(elapsed_before + time.perf_counter() - session_start)
+    def _loop(self, stop) -> str:
+        """Steps until the run ends; returns why it ended (TrainResult.stopped). Every rank takes the same
+        decisions (``world.first`` of the signals, rank 0's clock), so that each makes the same collective calls;
+        ranks other than 0 write their metrics to os.devnull."""
+        c, st, w = self.cfg, self.state, self.world
         stopped, order, order_epoch = None, None, None
-        bar = progress_bar(c.progress and w.rank == 0, total=self.planned, initial=st["step"], unit="step",
+        bar = progress_bar(c.progress and w.rank == 0, total=self.planned, initial=st.step, unit="step",
                            desc="training")
         metrics = open(self.metrics_path if w.rank == 0 else os.devnull, "a", encoding="utf-8")
         try:
-            while st["step"] < self.planned:
-                if c.time_budget is not None and elapsed() >= c.time_budget:
+            while st.step < self.planned and not stopped:
+                if c.time_budget is not None and self.elapsed() >= c.time_budget:
                     stopped = "time_budget"
                     break
-                epoch, k = divmod(st["step"], self.steps_per_epoch)
+                epoch, k = divmod(st.step, self.steps_per_epoch)
                 if order_epoch != epoch:
                     order, order_epoch = self.windows.epoch_order(c.seed, epoch), epoch
-                batch = order[k * B:(k + 1) * B]
-                step_start = time.perf_counter()
-                lr = self._lr(st["step"], elapsed())
-                loss = self._gradients(batch)
-                norm = opt.step(lr)
-                st["step"] += 1
-                st["tokens"] += B * T
-                st["last_loss"] = loss
-                rate, now = B * T / (time.perf_counter() - step_start), elapsed()
-                _write(metrics, {"type": "step", "step": st["step"], "epoch": epoch, "tokens": st["tokens"],
-                                 "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": rate, "elapsed": now})
-                if st["step"] % self.steps_per_epoch == 0:
-                    _write(metrics, {"type": "epoch", "epoch": epoch, "step": st["step"], "elapsed": now})
-                if c.time_budget is not None:  # the bar's end (and so its ETA) where the budget is expected to end
-                    bar.total = min(self.planned, max(st["step"], round(st["step"] * c.time_budget / now)))
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
-                if not math.isfinite(loss):
-                    raise RuntimeError(f"train: the loss became {loss} at step {st['step']}: lower lr "
-                                       f"(now {c.lr}) or raise warmup")
-                if self._due("eval", c.eval_every, elapsed()) and len(self.val_windows):
-                    if self._evaluate(metrics, elapsed()):
-                        stopped = "patience"
-                if self._due("checkpoint", c.checkpoint_every, elapsed()) and not stopped:
-                    st["elapsed"] = elapsed()
+                self._step(order[k * c.batch_size:(k + 1) * c.batch_size], epoch, metrics, bar)
+                if self._due("eval", c.eval_every) and len(self.val_windows) and self._evaluate(metrics):
+                    stopped = "patience"
+                if self._due("checkpoint", c.checkpoint_every) and not stopped:
+                    st.elapsed = self.elapsed()
                     self._checkpoint()
-                signal = w.first(stop.signal)
-                if signal and not stopped:
-                    stopped = signal
-                if stopped:
-                    break
-            stopped = stopped or ("max_steps" if c.max_steps is not None and st["step"] >= c.max_steps
-                                  else "epochs")
-            evaluated = st["evals"] and st["evals"][-1]["step"] == st["step"]
+                signal = w.first(stop.signal)  # a collective: called on every step by every rank
+                stopped = stopped or signal
+            stopped = stopped or ("max_steps" if c.max_steps is not None and st.step >= c.max_steps else "epochs")
+            evaluated = st.evals and st.evals[-1]["step"] == st.step
             if stopped not in ("SIGINT", "SIGTERM") and len(self.val_windows) and not evaluated:
-                self._evaluate(metrics, elapsed())
+                self._evaluate(metrics)
         finally:
             bar.close()
             metrics.close()
-        st["elapsed"] = elapsed()
-        checkpoint = self._checkpoint()
-        session = {"seconds": time.perf_counter() - session_start, "cpu_seconds": cpu_seconds() - cpu_start,
-                   "threads": nt, "ranks": w.size, "peak_rss": peak_rss()}
-        report = None
-        if stopped not in ("SIGINT", "SIGTERM") and w.rank == 0:
-            self._save_output()
-            from .report import write_report
+        return stopped
 
-            report = write_report(self.folder, self.metrics_path, self._summary(), self.cfg, self.model_config,
-                                  session)
-        last = st["evals"][-1] if st["evals"] else {}
+    def _step(self, batch, epoch: int, metrics, bar) -> None:
+        """One optimizer step on the global batch (window indices), recorded in metrics.jsonl and the bar."""
+        c, st = self.cfg, self.state
+        tokens = c.batch_size * c.seq_len
+        step_start = time.perf_counter()
+        lr = self._lr(st.step, self.elapsed())
+        loss = self._gradients(batch)
+        norm = self.opt.step(lr)
+        st.step += 1
+        st.tokens += tokens
+        st.last_loss = loss
+        rate, now = tokens / (time.perf_counter() - step_start), self.elapsed()
+        _write(metrics, {"type": "step", "step": st.step, "epoch": epoch, "tokens": st.tokens, "loss": loss,
+                         "lr": lr, "grad_norm": norm, "tokens_per_s": rate, "elapsed": now})
+        if st.step % self.steps_per_epoch == 0:
+            _write(metrics, {"type": "epoch", "epoch": epoch, "step": st.step, "elapsed": now})
+        if c.time_budget is not None:  # the bar's end (and so its ETA) where the budget is expected to end
+            bar.total = min(self.planned, max(st.step, round(st.step * c.time_budget / now)))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+        if not math.isfinite(loss):
+            raise RuntimeError(f"train: the loss became {loss} at step {st.step}: lower lr (now {c.lr}) or raise "
+                               f"warmup")
+
+    def _result(self, stopped: str, checkpoint: Path, report: Path | None, resumed_from: Path | None) -> TrainResult:
+        st, last = self.state, self.state.last_eval
         return TrainResult(
-            output=self.output, checkpoint=checkpoint, metrics=self.metrics_path, report=report, steps=st["step"],
-            tokens=st["tokens"], train_loss=st["last_loss"], val_loss=last.get("val_loss"),
-            best_val_loss=st["best_val_loss"], perplexity=last.get("perplexity"),
-            bits_per_byte=last.get("bits_per_byte"), seconds=st["elapsed"],
-            tokens_per_second=st["tokens"] / st["elapsed"] if st["elapsed"] else 0.0, stopped=stopped,
+            output=self.output, checkpoint=checkpoint, metrics=self.metrics_path, report=report, steps=st.step,
+            tokens=st.tokens, train_loss=st.last_loss, val_loss=last.get("val_loss"),
+            best_val_loss=st.best_val_loss, perplexity=last.get("perplexity"),
+            bits_per_byte=last.get("bits_per_byte"), seconds=st.elapsed,
+            tokens_per_second=st.tokens / st.elapsed if st.elapsed else 0.0, stopped=stopped,
             resumed_from=resumed_from)
 
     def _gradients(self, batch) -> float:
@@ -334,63 +337,63 @@ class Trainer:
         return lr_at(step, lr=c.lr, warmup=self.warmup, max_steps=self.planned, min_lr=c.min_lr,
                      schedule=c.schedule)
 
-    def _due(self, what: str, every: int | None, elapsed: float) -> bool:
+    def _due(self, what: str, every: int | None) -> bool:
         """Every ``every`` steps, or (None) at each tenth of the run's progress by steps or by time budget."""
-        step = self.state["step"]
+        st = self.state
         if every is not None:
-            return step % every == 0
-        progress = step / self.planned
+            return st.step % every == 0
+        progress = st.step / self.planned
         if self.cfg.time_budget is not None:
-            progress = max(progress, elapsed / self.cfg.time_budget)
+            progress = max(progress, self.elapsed() / self.cfg.time_budget)
         tenth = min(10, math.floor(10 * progress + 1e-9))
-        if tenth > self.state["tenths"][what]:
-            self.state["tenths"][what] = tenth
+        if tenth > st.tenths[what]:
+            st.tenths[what] = tenth
             return True
         return False
 
-    def _evaluate(self, metrics, elapsed: float) -> bool:
-        """Validation loss, perplexity and bits per byte on the first eval_tokens of the val shards; records them
-        and returns True when patience has run out."""
+    def _evaluate(self, metrics) -> bool:
+        """Validation loss, perplexity and bits per byte on eval_tokens of the val shards, in windows spread over
+        all of them (``held_out_sample``, as ``cllm eval`` takes them); records them and returns True when patience
+        has run out."""
         c, st, w = self.cfg, self.state, self.world
-        w.check_same(self.model.params, st["step"])
-        n = min(len(self.val_windows), max(1, -(-c.eval_tokens // c.seq_len)))
-        parts = {}  # micro-batch i of the val windows -> (nats, tokens, bytes); each rank does every R-th one
-        for i, start in enumerate(range(0, n, self.micro)):
+        w.check_same(self.model.params, st.step)
+        sample = held_out_sample(len(self.val_windows), -(-c.eval_tokens // c.seq_len))
+        parts = {}  # micro-batch i of the sample -> (nats, tokens, bytes); each rank does every R-th one
+        for i, start in enumerate(range(0, sample.size, self.micro)):
             if i % w.size == w.rank:
-                x, y = self.val_windows.batch(range(start, min(n, start + self.micro)))
+                x, y = self.val_windows.batch(sample[start:start + self.micro])
                 parts[i] = (float(np.sum(self.model.token_losses(x, y), dtype=np.float64)), y.size,
                             int(self.token_bytes[y].sum()))
         parts = [part for _, part in sorted(w.merge(parts).items())]  # added in order: the same for any rank count
         nats, tokens, nbytes = (sum(part[k] for part in parts) for k in range(3))
         val = nats / tokens
-        record = {"type": "eval", "step": st["step"], "tokens": st["tokens"], "val_loss": val,
-                  "perplexity": math.exp(min(val, 700.0)), "bits_per_byte": nats / math.log(2) / max(nbytes, 1),
-                  "elapsed": elapsed}
+        record = {"type": "eval", "step": st.step, "tokens": st.tokens, "val_loss": val,
+                  "perplexity": math.exp(min(val, 700.0)), "bits_per_byte": bits_per_byte(nats, nbytes),
+                  "elapsed": self.elapsed()}
         _write(metrics, record)
-        st["evals"].append(record)
-        if st["best_val_loss"] is None or val < st["best_val_loss"]:
-            st["best_val_loss"], st["evals_since_best"] = val, 0
+        st.evals.append(record)
+        if st.best_val_loss is None or val < st.best_val_loss:
+            st.best_val_loss, st.evals_since_best = val, 0
         else:
-            st["evals_since_best"] += 1
-        return c.patience is not None and st["evals_since_best"] >= c.patience
+            st.evals_since_best += 1
+        return c.patience is not None and st.evals_since_best >= c.patience
 
     def _summary(self) -> dict:
-        st = self.state
-        last = st["evals"][-1] if st["evals"] else {}
-        summary = {"steps": st["step"], "tokens": st["tokens"], "train_loss": st["last_loss"],
-                   "val_loss": last.get("val_loss"), "best_val_loss": st["best_val_loss"],
+        st, last = self.state, self.state.last_eval
+        summary = {"steps": st.step, "tokens": st.tokens, "train_loss": st.last_loss,
+                   "val_loss": last.get("val_loss"), "best_val_loss": st.best_val_loss,
                    "perplexity": last.get("perplexity"), "bits_per_byte": last.get("bits_per_byte"),
-                   "seconds": round(st["elapsed"], 3), "data": str(self.data.directory)}
+                   "seconds": round(st.elapsed, 3), "data": str(self.data.directory)}
         return {k: v for k, v in summary.items() if v is not None}
 
     def _checkpoint(self) -> Path:
         """Write a checkpoint (rank 0); its path on every rank."""
-        path = self.checkpoints / f"step_{self.state['step']:08d}.cllm"
+        path = self.checkpoints / f"step_{self.state.step:08d}.cllm"
         if self.world.rank:
             return path
         self.checkpoints.mkdir(exist_ok=True)
         self.model.training_summary = self._summary()
-        self.model.save(path, optimizer=self.opt, trainer_state=self.state)
+        self.model.save(path, optimizer=self.opt, trainer_state=self.state.to_dict())
         for old in sorted(self.checkpoints.glob("step_*.cllm"))[:-self.cfg.keep_checkpoints]:
             old.unlink()
         return path

@@ -66,4 +66,4 @@ def read_documents(path) -> Iterator[bytes]:
                     yield json.loads(line)["text"].encode("utf-8", "surrogatepass")
                 except (ValueError, KeyError, TypeError, AttributeError):
                     raise JsonlError(f"read_documents: {path} line {n} is not a JSON object with a \"text\" "
-                                        f"string") from None
+                                     f"string") from None
