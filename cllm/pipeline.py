@@ -13,11 +13,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import sys
 import sysconfig
 import time
 from pathlib import Path
 
+from .runtime import checks
 from .runtime.atomic import atomic_write
 
 __all__ = ["PipelineOptions", "pipeline", "default_source"]
@@ -42,8 +44,7 @@ class PipelineOptions:
     progress: bool = True
 
     def __post_init__(self):
-        if not (isinstance(self.time_budget, (int, float)) and self.time_budget > 0):
-            raise ValueError(f"pipeline: time_budget must be a number of seconds > 0 (got {self.time_budget!r})")
+        checks.number(self.time_budget, "pipeline: time_budget", 0, low_open=True)
         for s in self.sources:
             if not _is_url(s) and not Path(s).is_dir():
                 raise ValueError(f"pipeline: source {s} is neither a folder nor an http(s) URL")
@@ -146,7 +147,7 @@ def _crawl(urls, out: Path, options: PipelineOptions) -> dict:
     from .corpus.crawl.crawler import CrawlOptions, crawl
 
     report = crawl(urls, out, CrawlOptions(max_pages=options.max_pages), progress=options.progress)
-    return {"pages": report["pages"], "bytes": report["bytes"]}
+    return {"pages": report["pages"].get("fetched", 0), "bytes": report["bytes"]}
 
 
 def _preprocess(inputs, out: Path, options: PipelineOptions) -> dict:
@@ -174,6 +175,8 @@ def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, re
     result = train(tokens, model=options.model, num_threads=options.num_threads, batch_size=options.batch_size,
                    seq_len=options.seq_len, epochs=100, time_budget=seconds, lr=options.lr, warmup=options.warmup,
                    output=str(out / "model.cllm"), resume=resume, progress=options.progress)
+    if result.stopped in ("SIGINT", "SIGTERM"):  # the checkpoint is written: the stage resumes from it next time
+        signal.raise_signal(getattr(signal, result.stopped))
     return {"steps": result.steps, "tokens": result.tokens, "train_loss": result.train_loss,
             "val_loss": result.val_loss, "bits_per_byte": result.bits_per_byte,
             "tokens_per_second": round(result.tokens_per_second), "model": str(result.output),
@@ -227,7 +230,7 @@ def _stage_line(name: str, s: dict) -> str:
     if name == "collect":
         return f"{s['files']:,} files, {s['bytes']:,} bytes"
     if name == "crawl":
-        return f"{s['pages']}, {s['bytes']:,} bytes"
+        return f"{s['pages']:,} pages, {s['bytes']:,} bytes"
     if name == "preprocess":
         return f"{s['kept']:,} of {s['documents']:,} documents kept, {s['characters']:,} characters"
     if name == "tokenize":

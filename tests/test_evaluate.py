@@ -132,7 +132,7 @@ def test_cli_generate(model_file, capsys):
                                                                  repetition_penalty=1.1, seed=4) + "\n"
     assert cli.main(["generate", model_file, "--prompt", "def", "--top-p", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("cllm generate: error: generate: top_p must be") and err.count("\n") == 1
+    assert err.startswith("cllm generate: error: top_p must be") and err.count("\n") == 1
 
 
 def test_cli_eval_and_complete(model_file, text_files, capsys):

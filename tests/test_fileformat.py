@@ -416,7 +416,7 @@ def test_cli_info(tmp_path, capsys):
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF
     path.write_bytes(bytes(raw))
-    assert cli(["info", str(path)]) == 2
+    assert cli(["info", str(path)]) == 1  # a corrupt file: a failure, not a usage error
     assert "checksum mismatch" in capsys.readouterr().err
     assert cli(["info", str(tmp_path / "missing.cllm")]) == 1
 

@@ -3,6 +3,10 @@ sources change."""
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,24 @@ def test_pipeline_bad_inputs(tmp_path, capsys):
     assert "neither a folder nor an http(s) URL" in capsys.readouterr().err
     with pytest.raises(ValueError, match="budget"):
         PipelineOptions(time_budget=0)
+
+
+def test_pipeline_sigterm_in_training_exits_143_and_resumes(source, tmp_path):
+    work = tmp_path / "work"
+    argv = [sys.executable, "-m", "cllm", "pipeline", "--source", str(source), "--workdir", str(work), "--budget",
+            "0.2", "--model", "tiny", "--vocab-size", "400", "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = work / "model" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.stat().st_size > 0) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip() == "cllm pipeline: stopped by SIGTERM"
+    assert not json.loads((work / "model" / "stage.json").read_text())["finished"]
+    assert list((work / "model" / "checkpoints").glob("step_*.cllm")), "the train stage left a checkpoint"
+    again = subprocess.run(argv, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "tokenize: up to date, skipped" in again.stdout and "train: done" in again.stdout
+    assert json.loads((work / "summary.json").read_text())["stages"]["train"]["steps"] > 0

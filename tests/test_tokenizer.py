@@ -230,5 +230,5 @@ def test_cli_tokenize_corrupt_jsonl_is_a_failure(tmp_path, capsys):
     assert main(["tokenize", "--input", str(tmp_path / "clean"), "--output", str(tmp_path / "tokens"),
                  "--vocab-size", "300", "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("cllm tokenize: failed: read_documents: ")
+    assert err.count("\n") == 1 and err.startswith("cllm tokenize: failed: /")
     assert "docs-00000.jsonl line 3 is not a JSON object with a \"text\" string" in err

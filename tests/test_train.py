@@ -231,4 +231,4 @@ def test_train_config_validation(options, match):
 
 def test_cli_train_errors(tmp_path, capsys):
     assert cli(["train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m.cllm")]) == 2
-    assert "cllm train: error: train: data" in capsys.readouterr().err
+    assert "cllm train: error: data" in capsys.readouterr().err

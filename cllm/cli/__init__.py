@@ -9,19 +9,23 @@ SIGTERM, the stage having left whole files (and, where it can resume, its state)
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sys
 import threading
 
 from .._version import __version__
 from ..corpus.preprocess.shards import JsonlError
+from ..formats import FormatError
 from ..tokenizer.shards import ShardError
 from . import bench, data, model, train
 from .args import Parser
 
 __all__ = ["BAD_DATA", "build_parser", "main"]
 
-BAD_DATA = (JsonlError, ShardError)  # a corrupt input file: a failure (exit 1), not a usage error
+BAD_DATA = (FormatError, JsonlError, ShardError)  # a corrupt input file: a failure (exit 1), not a usage error
+# The function name a library message starts with ("generate: top_p must be ..."): the CLI names the command instead.
+_LIBRARY_PREFIX = re.compile(r"[A-Za-z_]\w*: ")
 
 
 class Terminated(BaseException):
@@ -63,10 +67,10 @@ def main(argv=None) -> int:
         with _sigterm_raises():
             return args.run(args)
     except BAD_DATA as e:
-        print(f"{name}: failed: {e}", file=sys.stderr)
+        print(f"{name}: failed: {_message(e)}", file=sys.stderr)
         return 1
     except (ValueError, TypeError) as e:  # bad arguments or inputs, found after parsing
-        print(f"{name}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{name}: stopped by SIGINT", file=sys.stderr)
@@ -75,8 +79,15 @@ def main(argv=None) -> int:
         print(f"{name}: stopped by SIGTERM", file=sys.stderr)
         return 143
     except (OSError, MemoryError, RuntimeError) as e:
-        print(f"{name}: failed: {e}", file=sys.stderr)
+        print(f"{name}: failed: {_message(e)}", file=sys.stderr)
         return 1
+
+
+def _message(error: Exception) -> str:
+    """The error's message without the library function's name it starts with (the CLI prints ``cllm CMD:``)."""
+    text = str(error)
+    match = _LIBRARY_PREFIX.match(text)
+    return text[match.end():] if match else text
 
 
 if __name__ == "__main__":
