@@ -4,6 +4,7 @@ or raises argparse.ArgumentTypeError, which argparse prints as a one-line usage 
 from __future__ import annotations
 
 import argparse
+import math
 
 __all__ = ["Parser", "bytes_text", "fraction", "non_negative_float", "non_negative_int", "positive_float",
            "positive_int", "thread_counts"]
@@ -16,56 +17,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})")
-    return value
+def _checked(convert, ok, expected: str):
+    """An argument type: ``convert(text)`` where ``ok`` holds for the value, else a usage error saying ``expected``."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected} (got {text!r})")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (got {text!r})") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (got {text!r})")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (got {text!r})") from None
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (got {text!r})")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = non_negative_float(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+non_negative_float = _checked(float, lambda v: 0.0 <= v < math.inf, "a finite number >= 0")
+positive_float = _checked(float, lambda v: 0.0 < v < math.inf, "a finite number > 0")
 
 
 def thread_counts(text: str) -> list[int]:

@@ -68,7 +68,8 @@ def _add_eval(sub) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--data", required=True, nargs="+", metavar="PATH",
                    help="a tokens/ folder (its val_*.bin), or text files and folders of them")
-    p.add_argument("--max-tokens", type=positive_int, default=None, help="predict at most this many tokens, in windows spread over the data")
+    p.add_argument("--max-tokens", type=positive_int, default=None,
+                   help="predict at most this many tokens, in windows spread over the data")
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--threads", type=positive_int, default=None)
