@@ -186,7 +186,7 @@ def test_context_isolated_between_asyncio_tasks():
 
 def test_oversubscription_warns_exactly_once(monkeypatch):
     cpus = T.effective_cpu_count()
-    T._reset_oversubscription_warning()
+    monkeypatch.setattr(T, "_warned_oversubscription", False)  # the warning fires again
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         T.set_num_threads(cpus)              # not oversubscribed: no warning
@@ -207,7 +207,7 @@ def test_oversubscription_warns_exactly_once(monkeypatch):
 
 
 def test_oversubscription_warning_from_env(monkeypatch):
-    T._reset_oversubscription_warning()
+    monkeypatch.setattr(T, "_warned_oversubscription", False)  # the warning fires again
     monkeypatch.setenv("OMP_NUM_THREADS", f"{T.effective_cpu_count() + 1},1")
     with pytest.warns(RuntimeWarning, match="oversubscribed"):
         T.get_num_threads()

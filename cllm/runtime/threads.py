@@ -125,12 +125,6 @@ def _check_threads(value, name):
     return n
 
 
-def _reset_oversubscription_warning():
-    """Let the oversubscription warning fire again (for tests)."""
-    global _warned_oversubscription
-    _warned_oversubscription = False
-
-
 def _env_threads(var):
     """The thread count in environment variable ``var``, or None if it is unset or empty."""
     raw = os.environ.get(var, "").strip()
