@@ -55,7 +55,7 @@ def _byte_to_unicode() -> dict[int, str]:
 class Tokenizer:
     """A trained byte-level BPE vocabulary: ``merges`` (pairs of token ids, in rank order), ``special_tokens``."""
 
-    def __init__(self, merges, special_tokens=("<|endoftext|>",), pattern: str = "gpt2"):
+    def __init__(self, merges, special_tokens=(END_OF_TEXT,), pattern: str = "gpt2"):
         if pattern not in PATTERNS:
             raise ValueError(f"Tokenizer: pattern must be one of {sorted(PATTERNS)} (got {pattern!r})")
         self.pattern = pattern
@@ -77,7 +77,7 @@ class Tokenizer:
     # --- training ------------------------------------------------------------------------------------------
 
     @classmethod
-    def train(cls, texts_or_paths: Iterable, vocab_size: int, *, special_tokens=("<|endoftext|>",),
+    def train(cls, texts_or_paths: Iterable, vocab_size: int, *, special_tokens=(END_OF_TEXT,),
               pattern: str = "gpt2", min_frequency: int = 2, num_threads=None, progress: bool = False) -> "Tokenizer":
         """Learn merges until the vocabulary (256 bytes + merges + special tokens) has vocab_size tokens.
 
