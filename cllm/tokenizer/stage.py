@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..corpus.preprocess.shards import read_documents
 from ..runtime.atomic import atomic_write
 from ..runtime.checks import integer, is_number
 from ..runtime.progress import progress_iter
+from ..runtime.signals import StopSignals
 from ..runtime.threads import resolve_num_threads
 from .bpe import BATCH_BYTES, END_OF_TEXT as EOT, Tokenizer
 from .shards import ShardWriter
@@ -100,11 +102,14 @@ def tokenize_corpus(inputs, output, **options) -> dict:
     tok = _tokenizer(inputs, opts, nt)
     tok.save(output / "tokenizer.json")
     trained = time.perf_counter()
-    with contextlib.ExitStack() as stack:  # an exception discards the shards being written, keeps finished ones
-        writers = {split: stack.enter_context(ShardWriter(output, split, tok.vocab_size, opts.shard_tokens))
-                   for split in ("train", "val")}
-        counts = _encode(iter_documents(inputs), tok, writers, opts, nt)
-        shards = {split: [p.name for p in w.close()] for split, w in writers.items()}
+    with StopSignals() as stop, contextlib.suppress(_Stopped):
+        with contextlib.ExitStack() as stack:  # an exception discards the shards being written, keeps finished ones
+            writers = {split: stack.enter_context(ShardWriter(output, split, tok.vocab_size, opts.shard_tokens))
+                       for split in ("train", "val")}
+            counts = _encode(iter_documents(inputs), tok, writers, opts, nt, stop)
+            shards = {split: [p.name for p in w.close()] for split, w in writers.items()}
+    if stop.signal:  # every shard on disk is whole, and no stats.json claims a finished run
+        signal.raise_signal(getattr(signal, stop.signal))
     if not counts["train"]["documents"]:
         raise ValueError("tokenize: no training documents (empty inputs, or val_fraction too high)")
     stats = {
@@ -131,9 +136,14 @@ def _tokenizer(inputs, opts: TokenizeOptions, nt: int) -> Tokenizer:
     return tok
 
 
-def _encode(documents, tok: Tokenizer, writers: dict, opts: TokenizeOptions, nt: int) -> dict:
+class _Stopped(Exception):
+    """Raised by _encode at a safe point after SIGINT or SIGTERM: the shard being written is discarded."""
+
+
+def _encode(documents, tok: Tokenizer, writers: dict, opts: TokenizeOptions, nt: int, stop: StopSignals) -> dict:
     """Encode the documents in batches of about BATCH_BYTES into their split's writer, each followed by
-    <|endoftext|>; returns the documents, bytes and tokens of each split."""
+    <|endoftext|>; returns the documents, bytes and tokens of each split. Raises _Stopped between documents once
+    ``stop`` has caught a signal."""
     eot = np.array([tok.special_tokens[EOT]], dtype=np.uint32)
     counts = {split: {"documents": 0, "bytes": 0, "tokens": 0} for split in writers}
 
@@ -147,6 +157,8 @@ def _encode(documents, tok: Tokenizer, writers: dict, opts: TokenizeOptions, nt:
 
     batch, size = {"train": [], "val": []}, 0
     for doc in progress_iter(documents, opts.progress, "tokenizing"):
+        if stop.signal:
+            raise _Stopped
         split = "val" if is_validation(doc, opts.val_fraction) else "train"
         batch[split].append(doc)
         counts[split]["documents"] += 1
@@ -156,4 +168,6 @@ def _encode(documents, tok: Tokenizer, writers: dict, opts: TokenizeOptions, nt:
             flush(batch)
             size = 0
     flush(batch)
+    if stop.signal:
+        raise _Stopped
     return counts
