@@ -16,7 +16,7 @@ import pytest
 from cllm.corpus.collect import collect
 from cllm.corpus.preprocess.documents import html_main_text
 from cllm.corpus.crawl.fetch import Fetched
-from cllm.corpus.preprocess import preprocess
+from cllm.corpus.preprocess.stage import preprocess
 from cllm.corpus.crawl.warc import WarcWriter
 
 from conftest import NOTES, THREADS, quick, settle

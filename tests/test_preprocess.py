@@ -17,7 +17,7 @@ from cllm.corpus.collect import collect
 from cllm.corpus.crawl.fetch import Fetched
 from cllm.corpus.preprocess.filters import Thresholds, quality_issue
 from cllm.corpus.preprocess.minhash import LSHIndex, signature
-from cllm.corpus.preprocess import preprocess
+from cllm.corpus.preprocess.stage import preprocess
 from cllm.corpus.textclean import decode, normalize
 from cllm.tokenizer.stage import iter_documents
 from cllm.corpus.crawl.warc import WarcWriter

@@ -1,5 +1,3 @@
-"""Preprocess: corpus -> clean, filtered, deduplicated JSONL document shards (the clean/ folder)."""
-
-from .stage import preprocess
-
-__all__ = ["preprocess"]
+"""Preprocess: corpus -> clean, filtered, deduplicated JSONL document shards (the clean/ folder). The stage is
+``stage.preprocess``; ``shards.py`` is the clean/ format's writer and its one reader. Nothing is imported here, so
+that reading the shards does not load the stage's process pool."""
