@@ -12,8 +12,9 @@ What is timed, each side in its own natural layout (inputs built and copied outs
   runs only SDPA's backward node (fresh gradients each call, nothing accumulates). FLOP: 2·2·B·NH·(T(T+1)/2)·hs
   for the forward (QKᵀ and PV over the causal triangle), 2.5× that for the backward (dV, dP, dQ, dK, and the
   recomputed QKᵀ), the same count for both sides.
-- layernorm [BT, C], gelu [BT, 4C] (tanh approximation): forward vs ``F.layer_norm`` / ``F.gelu``; backward vs
-  ``torch.autograd.grad`` of that call with retain_graph. Unit: elements of x per second.
+- layernorm and rmsnorm [BT, C], gelu [BT, 4C] (tanh approximation): forward vs ``F.layer_norm`` /
+  ``F.rms_norm`` / ``F.gelu``; backward vs ``torch.autograd.grad`` of that call with retain_graph. Unit: elements
+  of x per second.
 - crossentropy: the fused loss + gradient ``crossentropy(logits [BT,V], targets, scale=1/BT)`` vs
   ``F.cross_entropy`` (mean) forward + ``torch.autograd.grad`` wrt the logits. Our kernel overwrites its logits
   with the gradient, so each round's (untimed) setup copies the logits into both sides' input buffers. Unit:
@@ -26,7 +27,7 @@ What is timed, each side in its own natural layout (inputs built and copied outs
   [B, T, C] output per second.
 
 Fairness notes: cllm writes into buffers it is given while torch allocates its results (that is how each is
-used in a training step). cllm's backward kernels for layernorm and embedding *add* into gradients that the
+used in a training step). cllm's backward kernels for layernorm, rmsnorm and embedding *add* into gradients that the
 model zeroes once per step (one memset of the whole gradient buffer, not timed here); torch returns fresh
 gradients, so its figures include zero-filling them (for the embedding, the [V, C] dwte: 8 MB). torch's
 cross-entropy allocates [BT, V] tensors (128 MB: the log-softmax, the gradient) on every call, which glibc maps
@@ -194,6 +195,36 @@ def layernorm_backward(impl, threads):
     return Case(fn, lambda: [numpy(g) for g in res["g"]])
 
 
+def rmsnorm_forward(impl, threads):
+    x, _, w, _ = rowwise_inputs(C)
+    if impl == "cllm":
+        out, rstd = np.empty_like(x), np.empty(BT, np.float32)
+        return Case(lambda: kernels.rmsnorm_forward(x, w, eps=1e-6, out=out, rstd=rstd, num_threads=threads),
+                    lambda: [out])
+    xt, wt = tensor(x), tensor(w)
+    res = {}
+
+    def fn():
+        res["y"] = F.rms_norm(xt, (C,), wt, eps=1e-6)
+    return Case(fn, lambda: [numpy(res["y"])])
+
+
+def rmsnorm_backward(impl, threads):
+    x, dout, w, _ = rowwise_inputs(C)
+    if impl == "cllm":
+        _, rstd = kernels.rmsnorm_forward(x, w, eps=1e-6, num_threads=threads)
+        dx, dw = np.zeros_like(x), np.zeros_like(w)  # added into: exact on the first call
+        return Case(lambda: kernels.rmsnorm_backward(dout, x, w, rstd, dx, dw, num_threads=threads),
+                    lambda: [dx, dw])
+    xt, wt = tensor(x, True), tensor(w, True)
+    y = F.rms_norm(xt, (C,), wt, eps=1e-6)
+    dout_t, res = tensor(dout), {}
+
+    def fn():
+        res["g"] = torch.autograd.grad(y, (xt, wt), dout_t, retain_graph=True)
+    return Case(fn, lambda: [numpy(g) for g in res["g"]])
+
+
 def gelu_forward(impl, threads):
     x = rowwise_inputs(H)[0]
     if impl == "cllm":
@@ -309,6 +340,8 @@ KERNELS = {
                            "FLOP", GIGA, 20),
     "layernorm_forward": (layernorm_forward, "layernorm", f"forward [{BT}, {C}]", BT * C, "element", MEGA, 100),
     "layernorm_backward": (layernorm_backward, "layernorm", f"backward [{BT}, {C}]", BT * C, "element", MEGA, 100),
+    "rmsnorm_forward": (rmsnorm_forward, "rmsnorm", f"forward [{BT}, {C}]", BT * C, "element", MEGA, 100),
+    "rmsnorm_backward": (rmsnorm_backward, "rmsnorm", f"backward [{BT}, {C}]", BT * C, "element", MEGA, 100),
     "gelu_forward": (gelu_forward, "gelu", f"forward [{BT}, {H}]", BT * H, "element", MEGA, 50),
     "gelu_backward": (gelu_backward, "gelu", f"backward [{BT}, {H}]", BT * H, "element", MEGA, 50),
     "crossentropy": (crossentropy, "crossentropy", f"fwd+bwd [{BT}, {V}]", BT * V, "logit", MEGA, 10),

@@ -93,6 +93,14 @@ int cllm_layernorm_backward(const float *dout, const float *x, const float *w, c
                             const float *rstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
                             int num_threads);
 
+/* rmsnorm.c: out = x·rstd·w per row, rstd = 1/sqrt(mean(x²) + eps) (Llama's norm; QK-norm with C = head size).
+ * x, out are (N,C); w is (C); rstd is (N), saved for the backward. */
+int cllm_rmsnorm_forward(const float *x, const float *w, float *out, float *rstd, int64_t N, int64_t C, float eps,
+                         int num_threads);
+/* dx (N,C) +=; dw (C) += its sum over rows (fixed row chunks up the sphere tree). */
+int cllm_rmsnorm_backward(const float *dout, const float *x, const float *w, const float *rstd, float *dx, float *dw,
+                          int64_t N, int64_t C, int num_threads);
+
 /* attention.c: causal multi-head self-attention, blocked with an online softmax (no T×T matrix).
  * qkv is (B,T,3C): q, k, v in that order, head h at columns h·hs .. h·hs+hs of each (hs = C/NH);
  * out is (B,T,C); lse is (B,NH,T): each softmax row's log-sum-exp, saved for the backward. */

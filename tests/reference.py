@@ -53,6 +53,22 @@ def layernorm_backward(dout, cache, weight):
     return dx, dweight, dbias
 
 
+def rmsnorm_forward(x, weight, eps=1e-6):
+    # x is (..., C), weight is (C,) -> out is (..., C); cache holds x and rstd (..., 1)
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    return x * rstd * weight, (x, rstd)
+
+
+def rmsnorm_backward(dout, cache, weight):
+    # dout is (..., C), weight is (C,) -> dx is (..., C), dweight is (C,)
+    x, rstd = cache
+    xhat = x * rstd
+    dweight = (dout * xhat).reshape(-1, x.shape[-1]).sum(axis=0)
+    dxhat = dout * weight
+    dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, dweight
+
+
 def matmul_forward(x, weight, bias):
     # x is (B,T,C), weight is (OC,C), bias is (OC,) -> out is (B,T,OC)
     return x @ weight.T + bias

@@ -219,3 +219,22 @@ def test_bad_input_is_rejected():
         reference.forward(params, CONFIG, np.full((1, 2), 11))
     with pytest.raises(ValueError, match="targets values"):
         reference.loss_and_grads(params, CONFIG, np.zeros((1, 2), dtype=np.int64), np.full((1, 2), -2))
+
+
+def test_rmsnorm_gradients_match_finite_differences():
+    """The reference RMSNorm's backward against central differences of a random linear function of its output."""
+    rng = np.random.default_rng(3)
+    x, w, probe = rng.standard_normal((3, 7)), rng.standard_normal(7), rng.standard_normal((3, 7))
+    eps = 1e-2  # large enough to matter in the derivative
+    loss = lambda x, w: float((reference.rmsnorm_forward(x, w, eps)[0] * probe).sum())
+    dx, dw = reference.rmsnorm_backward(probe, reference.rmsnorm_forward(x, w, eps)[1], w)
+    for grad, array in ((dx, x), (dw, w)):
+        for i in np.ndindex(array.shape):
+            saved = array[i]
+            array[i] = saved + FD_EPS
+            up = loss(x, w)
+            array[i] = saved - FD_EPS
+            down = loss(x, w)
+            array[i] = saved
+            numeric = (up - down) / (2 * FD_EPS)
+            assert abs(grad[i] - numeric) <= FD_TOL * abs(numeric) + FD_ATOL, (i, grad[i], numeric)

@@ -35,6 +35,10 @@ cdef extern from "cllm.h" nogil:
     int cllm_layernorm_backward(const float *dout, const float *x, const float *w, const float *mean,
                                 const float *rstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
                                 int num_threads)
+    int cllm_rmsnorm_forward(const float *x, const float *w, float *out, float *rstd, int64_t N, int64_t C,
+                             float eps, int num_threads)
+    int cllm_rmsnorm_backward(const float *dout, const float *x, const float *w, const float *rstd, float *dx,
+                              float *dw, int64_t N, int64_t C, int num_threads)
     int cllm_attention_forward(const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C,
                                int64_t NH, int num_threads)
     int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse,

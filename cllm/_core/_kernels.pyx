@@ -113,6 +113,23 @@ def layernorm_backward(const float[:, ::1] dout, const float[:, ::1] x, const fl
     _check(err, "layernorm_backward")
 
 
+def rmsnorm_forward(const float[:, ::1] x, const float[::1] w, float[:, ::1] out, float[::1] rstd, float eps,
+                    int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_rmsnorm_forward(&x[0, 0], &w[0], &out[0, 0], &rstd[0], x.shape[0], x.shape[1], eps, num_threads)
+    _check(err, "rmsnorm_forward")
+
+
+def rmsnorm_backward(const float[:, ::1] dout, const float[:, ::1] x, const float[::1] w, const float[::1] rstd,
+                     float[:, ::1] dx, float[::1] dw, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_rmsnorm_backward(&dout[0, 0], &x[0, 0], &w[0], &rstd[0], &dx[0, 0], &dw[0], x.shape[0],
+                                    x.shape[1], num_threads)
+    _check(err, "rmsnorm_backward")
+
+
 def attention_forward(const float[:, :, ::1] qkv, float[:, :, ::1] out, float[:, :, ::1] lse, int num_threads):
     cdef int err
     with nogil:

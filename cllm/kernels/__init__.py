@@ -13,14 +13,16 @@ from .attention import (KV_ALIGN, attention_backward, attention_cache_store, att
 from .build import get_isa, set_isa, show_config
 from .decode import DECODE_LAYER, GptDecodeStep
 from .elementwise import gelu_backward, gelu_forward, residual_forward
-from .layers import crossentropy, embedding_backward, embedding_forward, layernorm_backward, layernorm_forward
+from .layers import (crossentropy, embedding_backward, embedding_forward, layernorm_backward, layernorm_forward,
+                     rmsnorm_backward, rmsnorm_forward)
 from .linear import (PANEL, PackedLinear, linear_backward, linear_forward, linear_forward_packed, pack_linear_weights,
                      tree_reduce)
 from .memory import float32_views
 from .optimizer import adamw_step, sum_squares
 
-__all__ = ["DECODE_LAYER", "GptDecodeStep", "KV_ALIGN", "PANEL", "PackedLinear", "adamw_step", "attention_backward", "attention_cache_store",
-           "attention_decode", "attention_forward", "crossentropy", "embedding_backward", "embedding_forward",
-           "float32_views", "gelu_backward", "gelu_forward", "get_isa", "kv_cache", "layernorm_backward", "layernorm_forward",
-           "linear_backward", "linear_forward", "linear_forward_packed", "pack_linear_weights", "residual_forward",
-           "set_isa", "show_config", "sum_squares", "tree_reduce"]
+__all__ = ["DECODE_LAYER", "GptDecodeStep", "KV_ALIGN", "PANEL", "PackedLinear", "adamw_step", "attention_backward",
+           "attention_cache_store", "attention_decode", "attention_forward", "crossentropy", "embedding_backward",
+           "embedding_forward", "float32_views", "gelu_backward", "gelu_forward", "get_isa", "kv_cache",
+           "layernorm_backward", "layernorm_forward", "linear_backward", "linear_forward", "linear_forward_packed",
+           "pack_linear_weights", "residual_forward", "rmsnorm_backward", "rmsnorm_forward", "set_isa", "show_config",
+           "sum_squares", "tree_reduce"]

@@ -1,4 +1,5 @@
-"""The GPT's row-wise layers: token + position embedding, LayerNorm, and the fused softmax + cross-entropy loss.
+"""The row-wise layers: token + position embedding, LayerNorm (GPT-2), RMSNorm (Llama), and the fused softmax +
+cross-entropy loss.
 The backward functions add into the gradients they are given."""
 
 from __future__ import annotations
@@ -6,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._core import _kernels
+from ..runtime.checks import number
 from ..runtime.threads import resolve_num_threads
 from .arrays import check, check_ids, check_out, no_overlap
 
-__all__ = ["crossentropy", "embedding_backward", "embedding_forward", "layernorm_backward", "layernorm_forward"]
+__all__ = ["crossentropy", "embedding_backward", "embedding_forward", "layernorm_backward", "layernorm_forward",
+           "rmsnorm_backward", "rmsnorm_forward"]
 
 
 def embedding_forward(idx, wte, wpe, *, out=None, num_threads=None) -> np.ndarray:
@@ -76,6 +79,36 @@ def layernorm_backward(dout, x, w, mean, rstd, dx, dw, db, *, num_threads=None) 
     if x.size:
         _kernels.layernorm_backward(dout, x, w, mean, rstd, dx, dw, db,
                                     resolve_num_threads(num_threads, f"{fn}: num_threads"))
+
+
+def rmsnorm_forward(x, w, *, eps=1e-6, out=None, rstd=None, num_threads=None):
+    """RMSNorm of each row: x·rstd·w, rstd = 1/sqrt(mean(x²) + eps).   x [N, C], w [C] -> (out [N, C], rstd [N])."""
+    fn = "rmsnorm_forward"
+    check(fn, "x", x, (None, None))
+    N, C = x.shape
+    check(fn, "w", w, (C,))
+    eps = number(eps, f"{fn}: eps", 0.0, low_open=True)
+    nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
+    out = check_out(fn, "out", out, (N, C), (x, w))
+    rstd = check_out(fn, "rstd", rstd, (N,), (x, w, out))
+    if out.size:
+        _kernels.rmsnorm_forward(x, w, out, rstd, eps, nt)
+    return out, rstd
+
+
+def rmsnorm_backward(dout, x, w, rstd, dx, dw, *, num_threads=None) -> None:
+    """dx [N, C], dw [C] += the gradients of rmsnorm_forward given dout [N, C] (and its rstd [N])."""
+    fn = "rmsnorm_backward"
+    check(fn, "x", x, (None, None))
+    N, C = x.shape
+    for name, a, shape in (("dout", dout, (N, C)), ("w", w, (C,)), ("rstd", rstd, (N,))):
+        check(fn, name, a, shape)
+    for name, a, shape in (("dx", dx, (N, C)), ("dw", dw, (C,))):
+        check(fn, name, a, shape, writeable=True)
+        no_overlap(fn, name, a, (dout, x, w, rstd))
+    no_overlap(fn, "dx", dx, (dw,))
+    if x.size:
+        _kernels.rmsnorm_backward(dout, x, w, rstd, dx, dw, resolve_num_threads(num_threads, f"{fn}: num_threads"))
 
 
 def crossentropy(logits, targets, *, scale=1.0, write_grad=True, losses=None, num_threads=None) -> np.ndarray:

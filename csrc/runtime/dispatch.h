@@ -39,6 +39,13 @@
       (const float *dout, const float *x, const float *w, const float *mean, const float *rstd, float *dx,         \
        float *dw, float *db, int64_t N, int64_t C, int num_threads),                                               \
       (dout, x, w, mean, rstd, dx, dw, db, N, C, num_threads))                                                     \
+    X(rmsnorm_forward,                                                                                             \
+      (const float *x, const float *w, float *out, float *rstd, int64_t N, int64_t C, float eps, int num_threads),  \
+      (x, w, out, rstd, N, C, eps, num_threads))                                                                   \
+    X(rmsnorm_backward,                                                                                            \
+      (const float *dout, const float *x, const float *w, const float *rstd, float *dx, float *dw, int64_t N,      \
+       int64_t C, int num_threads),                                                                                \
+      (dout, x, w, rstd, dx, dw, N, C, num_threads))                                                               \
     X(attention_forward,                                                                                           \
       (const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads),    \
       (qkv, out, lse, B, T, C, NH, num_threads))                                                                   \
