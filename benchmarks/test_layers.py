@@ -15,6 +15,9 @@ What is timed, each side in its own natural layout (inputs built and copied outs
 - layernorm and rmsnorm [BT, C], gelu [BT, 4C] (tanh approximation): forward vs ``F.layer_norm`` /
   ``F.rms_norm`` / ``F.gelu``; backward vs ``torch.autograd.grad`` of that call with retain_graph. Unit: elements
   of x per second.
+- rope (rotary embedding) on q [BT, NH, hs]: ``rope_forward`` / ``rope_backward`` with the positions of each row
+  vs HF Llama's ``apply_rotary_pos_emb`` (x·cos + rotate_half(x)·sin) on [B, NH, T, hs] and its autograd
+  backward. Unit: elements of q per second.
 - crossentropy: the fused loss + gradient ``crossentropy(logits [BT,V], targets, scale=1/BT)`` vs
   ``F.cross_entropy`` (mean) forward + ``torch.autograd.grad`` wrt the logits. Our kernel overwrites its logits
   with the gradient, so each round's (untimed) setup copies the logits into both sides' input buffers. Unit:
@@ -225,6 +228,46 @@ def rmsnorm_backward(impl, threads):
     return Case(fn, lambda: [numpy(g) for g in res["g"]])
 
 
+def rope_inputs():
+    """q [BT, NH, hs] (rows b·T + t at position t), dout of its shape, and the tables for T positions."""
+    x, dout = attention_inputs()[1], attention_inputs()[1][::-1].copy()
+    pos = np.tile(np.arange(T, dtype=np.int32), B)
+    return x.reshape(BT, NH, HS), dout.reshape(BT, NH, HS), pos, *kernels.rope_table(T, HS)
+
+
+def torch_rope(x, cos, sin):
+    """HF Llama's apply_rotary_pos_emb on q [B, NH, T, hs]: x·cos + rotate_half(x)·sin, cos/sin [T, hs]."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def rope_case(impl, threads, backward):
+    x, dout, pos, cos, sin = rope_inputs()
+    if impl == "cllm":
+        out = np.empty_like(x)
+        fn = kernels.rope_backward if backward else kernels.rope_forward
+        src = dout if backward else x
+        kw = "dx" if backward else "out"
+        return Case(lambda: fn(src, pos, cos, sin, **{kw: out}, num_threads=threads), lambda: [out])
+    as_heads = lambda a, grad=False: (torch.from_numpy(a.reshape(B, T, NH, HS)).transpose(1, 2).contiguous()
+                                      .requires_grad_(grad))
+    back = lambda t: numpy(t.transpose(1, 2).reshape(BT, NH, HS))
+    cos_t, sin_t = (tensor(np.concatenate([a, a], axis=1)) for a in (cos, sin))  # HF's cat((freqs, freqs), -1)
+    res = {}
+    if not backward:
+        xt = as_heads(x)
+
+        def fn():
+            res["y"] = torch_rope(xt, cos_t, sin_t)
+        return Case(fn, lambda: [back(res["y"])])
+    xt = as_heads(x, True)
+    y, dout_t = torch_rope(xt, cos_t, sin_t), as_heads(dout)
+
+    def fn():
+        res["g"] = torch.autograd.grad(y, (xt,), dout_t, retain_graph=True)
+    return Case(fn, lambda: [back(res["g"][0])])
+
+
 def gelu_forward(impl, threads):
     x = rowwise_inputs(H)[0]
     if impl == "cllm":
@@ -342,6 +385,10 @@ KERNELS = {
     "layernorm_backward": (layernorm_backward, "layernorm", f"backward [{BT}, {C}]", BT * C, "element", MEGA, 100),
     "rmsnorm_forward": (rmsnorm_forward, "rmsnorm", f"forward [{BT}, {C}]", BT * C, "element", MEGA, 100),
     "rmsnorm_backward": (rmsnorm_backward, "rmsnorm", f"backward [{BT}, {C}]", BT * C, "element", MEGA, 100),
+    "rope_forward": (functools.partial(rope_case, backward=False), "rope", f"forward [{BT}, {NH}, {HS}]", BT * C,
+                     "element", MEGA, 100),
+    "rope_backward": (functools.partial(rope_case, backward=True), "rope", f"backward [{BT}, {NH}, {HS}]", BT * C,
+                      "element", MEGA, 100),
     "gelu_forward": (gelu_forward, "gelu", f"forward [{BT}, {H}]", BT * H, "element", MEGA, 50),
     "gelu_backward": (gelu_backward, "gelu", f"backward [{BT}, {H}]", BT * H, "element", MEGA, 50),
     "crossentropy": (crossentropy, "crossentropy", f"fwd+bwd [{BT}, {V}]", BT * V, "logit", MEGA, 10),

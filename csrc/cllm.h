@@ -101,6 +101,12 @@ int cllm_rmsnorm_forward(const float *x, const float *w, float *out, float *rstd
 int cllm_rmsnorm_backward(const float *dout, const float *x, const float *w, const float *rstd, float *dx, float *dw,
                           int64_t N, int64_t C, int num_threads);
 
+/* rope.c: rotary position embedding, HF Llama's half-split form: each head's (a, b) = (x[i], x[i + hs/2]) becomes
+ * (a·c - b·s, b·c + a·s) with c, s = cos_t, sin_t[pos[m], i]; inverse = 1 applies the inverse rotation (the
+ * backward: dx from dout). x, out are (M,H,hs), out may be x, hs even; pos is (M); cos_t, sin_t are (P, hs/2). */
+int cllm_rope(const float *x, float *out, const int32_t *pos, const float *cos_t, const float *sin_t, int64_t M,
+              int64_t H, int64_t hs, int inverse, int num_threads);
+
 /* attention.c: causal multi-head self-attention, blocked with an online softmax (no T×T matrix).
  * qkv is (B,T,3C): q, k, v in that order, head h at columns h·hs .. h·hs+hs of each (hs = C/NH);
  * out is (B,T,C); lse is (B,NH,T): each softmax row's log-sum-exp, saved for the backward. */

@@ -69,6 +69,21 @@ def rmsnorm_backward(dout, cache, weight):
     return dx, dweight
 
 
+def rope_forward(x, pos, theta=10_000.0, inverse=False):
+    # x is (M,H,hs), pos is (M,) -> out is (M,H,hs): HF Llama's x·cos + rotate_half(x)·sin, rotate_half(x) =
+    # (-x[hs/2:], x[:hs/2]), at angles pos·theta^(-2i/hs); inverse rotates back (the backward of a rotation)
+    half = x.shape[-1] // 2
+    angles = np.asarray(pos, np.float64)[:, None] * theta ** (-np.arange(0, 2 * half, 2) / (2 * half))
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :] * (-1 if inverse else 1)
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def rope_backward(dout, pos, theta=10_000.0):
+    # dout is (M,H,hs) -> dx is (M,H,hs)
+    return rope_forward(dout, pos, theta, inverse=True)
+
+
 def matmul_forward(x, weight, bias):
     # x is (B,T,C), weight is (OC,C), bias is (OC,) -> out is (B,T,OC)
     return x @ weight.T + bias

@@ -104,6 +104,41 @@ def test_rmsnorm_rejects_bad_input(rng):
         kernels.rmsnorm_backward(x, x, w, rstd, x, np.zeros(8, np.float32))
 
 
+@pytest.mark.parametrize("M,H,hs,P", [(1, 1, 2, 1), (5, 3, 6, 9), (300, 4, 64, 300), (70, 2, 128, 4096),
+                                     (33, 1, 34, 40)])
+def test_rope(isa, rng, M, H, hs, P):
+    x = f32(rng.standard_normal((M, H, hs)))
+    pos = rng.integers(0, P, M).astype(np.int32)
+    pos[0] = P - 1  # the table's last row
+    cos, sin = kernels.rope_table(P, hs, theta=10_000.0)
+    dout = f32(rng.standard_normal((M, H, hs)))
+
+    def run(nt):
+        return (kernels.rope_forward(x, pos, cos, sin, num_threads=nt),
+                kernels.rope_backward(dout, pos, cos, sin, num_threads=nt))
+
+    out, dx = run(1)
+    assert rel_err(out, R.rope_forward(x.astype(np.float64), pos)) <= TOL
+    assert rel_err(dx, R.rope_backward(dout.astype(np.float64), pos)) <= TOL
+    same_for_every_thread_count(run)
+    inplace = x.copy()
+    assert kernels.rope_forward(inplace, pos, cos, sin, out=inplace) is inplace
+    assert np.array_equal(inplace, out)
+
+
+def test_rope_rejects_bad_input(rng):
+    x = f32(rng.standard_normal((4, 2, 8)))
+    cos, sin = kernels.rope_table(10, 8)
+    with pytest.raises(ValueError, match=r"rope_forward: pos\[2\] = 10 is outside \[0, 10\)"):
+        kernels.rope_forward(x, np.array([0, 1, 10, 3], np.int32), cos, sin)
+    with pytest.raises(ValueError, match="rope_forward: cos must be float32 C-contiguous"):
+        kernels.rope_forward(x, np.zeros(4, np.int32), *kernels.rope_table(10, 6))
+    with pytest.raises(ValueError, match="rope_table: head_size must be even"):
+        kernels.rope_table(10, 7)
+    with pytest.raises(ValueError, match="rope_backward: the head size"):
+        kernels.rope_backward(f32(rng.standard_normal((4, 2, 7))), np.zeros(4, np.int32), cos, sin)
+
+
 @pytest.mark.parametrize("B,T,C,NH", [(1, 1, 8, 1), (2, 5, 24, 2), (1, 63, 64, 4), (2, 65, 32, 2),
                                       (1, 130, 48, 3), (2, 256, 256, 4)])
 def test_attention(isa, rng, B, T, C, NH):

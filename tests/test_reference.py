@@ -238,3 +238,26 @@ def test_rmsnorm_gradients_match_finite_differences():
             array[i] = saved
             numeric = (up - down) / (2 * FD_EPS)
             assert abs(grad[i] - numeric) <= FD_TOL * abs(numeric) + FD_ATOL, (i, grad[i], numeric)
+
+
+def test_rope_backward_is_the_gradient_and_the_rotation_matches_hf():
+    """The reference RoPE's backward against central differences, and its forward against HF Llama's formula
+    x·cos + rotate_half(x)·sin written out."""
+    rng = np.random.default_rng(4)
+    x, probe, pos = rng.standard_normal((3, 2, 6)), rng.standard_normal((3, 2, 6)), np.array([0, 5, 17])
+    loss = lambda x: float((reference.rope_forward(x, pos, 100.0) * probe).sum())
+    dx = reference.rope_backward(probe, pos, 100.0)
+    for i in np.ndindex(x.shape):
+        saved = x[i]
+        x[i] = saved + FD_EPS
+        up = loss(x)
+        x[i] = saved - FD_EPS
+        down = loss(x)
+        x[i] = saved
+        numeric = (up - down) / (2 * FD_EPS)
+        assert abs(dx[i] - numeric) <= FD_TOL * abs(numeric) + FD_ATOL, (i, dx[i], numeric)
+    inv_freq = 1.0 / 100.0 ** (np.arange(0, 6, 2) / 6)
+    emb = np.concatenate([pos[:, None] * inv_freq] * 2, axis=-1)[:, None, :]  # HF: cat((freqs, freqs), -1)
+    rotate_half = np.concatenate([-x[..., 3:], x[..., :3]], axis=-1)
+    np.testing.assert_allclose(reference.rope_forward(x, pos, 100.0), x * np.cos(emb) + rotate_half * np.sin(emb),
+                               rtol=1e-12, atol=1e-12)

@@ -39,6 +39,8 @@ cdef extern from "cllm.h" nogil:
                              float eps, int num_threads)
     int cllm_rmsnorm_backward(const float *dout, const float *x, const float *w, const float *rstd, float *dx,
                               float *dw, int64_t N, int64_t C, int num_threads)
+    int cllm_rope(const float *x, float *out, const int32_t *pos, const float *cos_t, const float *sin_t,
+                  int64_t M, int64_t H, int64_t hs, int inverse, int num_threads)
     int cllm_attention_forward(const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C,
                                int64_t NH, int num_threads)
     int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse,

@@ -130,6 +130,15 @@ def rmsnorm_backward(const float[:, ::1] dout, const float[:, ::1] x, const floa
     _check(err, "rmsnorm_backward")
 
 
+def rope(const float[:, :, ::1] x, float[:, :, ::1] out, const int32_t[::1] pos, const float[:, ::1] cos_t,
+         const float[:, ::1] sin_t, bint inverse, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_rope(&x[0, 0, 0], &out[0, 0, 0], &pos[0], &cos_t[0, 0], &sin_t[0, 0], x.shape[0], x.shape[1],
+                        x.shape[2], inverse, num_threads)
+    _check(err, "rope")
+
+
 def attention_forward(const float[:, :, ::1] qkv, float[:, :, ::1] out, float[:, :, ::1] lse, int num_threads):
     cdef int err
     with nogil:

@@ -19,10 +19,11 @@ from .linear import (PANEL, PackedLinear, linear_backward, linear_forward, linea
                      tree_reduce)
 from .memory import float32_views
 from .optimizer import adamw_step, sum_squares
+from .rotary import rope_backward, rope_forward, rope_table
 
 __all__ = ["DECODE_LAYER", "GptDecodeStep", "KV_ALIGN", "PANEL", "PackedLinear", "adamw_step", "attention_backward",
            "attention_cache_store", "attention_decode", "attention_forward", "crossentropy", "embedding_backward",
            "embedding_forward", "float32_views", "gelu_backward", "gelu_forward", "get_isa", "kv_cache",
            "layernorm_backward", "layernorm_forward", "linear_backward", "linear_forward", "linear_forward_packed",
-           "pack_linear_weights", "residual_forward", "rmsnorm_backward", "rmsnorm_forward", "set_isa", "show_config",
-           "sum_squares", "tree_reduce"]
+           "pack_linear_weights", "residual_forward", "rmsnorm_backward", "rmsnorm_forward", "rope_backward",
+           "rope_forward", "rope_table", "set_isa", "show_config", "sum_squares", "tree_reduce"]

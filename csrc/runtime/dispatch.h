@@ -46,6 +46,10 @@
       (const float *dout, const float *x, const float *w, const float *rstd, float *dx, float *dw, int64_t N,      \
        int64_t C, int num_threads),                                                                                \
       (dout, x, w, rstd, dx, dw, N, C, num_threads))                                                               \
+    X(rope,                                                                                                        \
+      (const float *x, float *out, const int32_t *pos, const float *cos_t, const float *sin_t, int64_t M,          \
+       int64_t H, int64_t hs, int inverse, int num_threads),                                                       \
+      (x, out, pos, cos_t, sin_t, M, H, hs, inverse, num_threads))                                                 \
     X(attention_forward,                                                                                           \
       (const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads),    \
       (qkv, out, lse, B, T, C, NH, num_threads))                                                                   \
