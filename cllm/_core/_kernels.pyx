@@ -186,7 +186,8 @@ cdef float *_data_w(a) except NULL:
 
 cdef class GptDecodeStep:
     """A whole GPT's decode step (csrc/kernels/decode.c) over arrays checked by cllm.kernels.GptDecodeStep, which also
-    keeps them alive: this object holds only their addresses, and int32 buffers for a step's ids, slots and positions."""
+    keeps them alive: this object holds only their addresses, and int32 buffers for a step's ids, slots and
+    positions."""
     cdef cllm_gpt g
     cdef cllm_gpt_layer *layers
     cdef int32_t *rows  # ids, slots, positions: 3 × max_rows

@@ -10,7 +10,8 @@ from ..runtime.checks import is_integer
 from ..runtime.threads import resolve_num_threads
 from .arrays import check, check_out, no_overlap
 
-__all__ = ["KV_ALIGN", "attention_backward", "attention_cache_store", "attention_decode", "attention_forward", "kv_cache"]
+__all__ = ["KV_ALIGN", "attention_backward", "attention_cache_store", "attention_decode", "attention_forward",
+           "kv_cache"]
 
 KV_ALIGN = 16  # a KV cache's capacity Tk must be a multiple of this
 

@@ -271,11 +271,12 @@ class Model:
         op("embedding_backward", K.embedding_backward, dres.reshape(B, T, C), idx, g["transformer.wte.weight"],
            g["transformer.wpe.weight"], num_threads=nt)
 
-    # --- generation (cllm/model/generate.py) ------------------------------------------------------------------------
+    # --- generation (cllm/model/generate.py) ------------------------------------------------------------------
 
     def generate(self, prompt, max_new_tokens: int = 256, **sampling):
         """The text that follows prompt (a str; or a list of str -> a list). sampling: temperature, top_k, top_p,
-        repetition_penalty, seed, stop (strings), use_cache. Needs ``tokenizer``. See ``cllm.model.generate.generate``."""
+        repetition_penalty, seed, stop (strings), use_cache. Needs ``tokenizer``. See
+        ``cllm.model.generate.generate``."""
         return _generate.generate(self, prompt, max_new_tokens, **sampling)
 
     def generate_stream(self, prompt: str, max_new_tokens: int = 256, **sampling):

@@ -108,15 +108,10 @@ def effective_cpu_count() -> int:
 
 # --- thread-count policy ---------------------------------------------------------------------------------
 
-def _as_int(value, name, minimum):
-    """``value`` as an int >= ``minimum`` (int or numpy integer, not bool), else ValueError naming ``name``."""
-    return checks.integer(value, name, minimum)
-
-
 def _check_threads(value, name):
     """A validated thread count; warns (once per process) when it exceeds the CPUs available."""
     global _warned_oversubscription
-    n = _as_int(value, name, 1)
+    n = checks.integer(value, name, 1)
     if not _warned_oversubscription and n > effective_cpu_count():
         _warned_oversubscription = True
         warnings.warn(f"cllm: {n} threads requested but only {effective_cpu_count()} CPUs are available; "
@@ -213,7 +208,7 @@ class SphereTree:
 
 def sphere_tree(n, fanout=12) -> SphereTree:
     """The reduction tree of ``n`` workers (n >= 1) with up to ``fanout`` (>= 2) children per node."""
-    n, fanout = _as_int(n, "sphere_tree: n", 1), _as_int(fanout, "sphere_tree: fanout", 2)
+    n, fanout = checks.integer(n, "sphere_tree: n", 1), checks.integer(fanout, "sphere_tree: fanout", 2)
     parent = tuple([-1] + [(i - 1) // fanout for i in range(1, n)])
     children = tuple(tuple(range(fanout * i + 1, min(fanout * i + fanout, n - 1) + 1)) for i in range(n))
     levels, start, size = [], 0, 1
