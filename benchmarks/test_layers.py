@@ -18,6 +18,12 @@ What is timed, each side in its own natural layout (inputs built and copied outs
 - rope (rotary embedding) on q [BT, NH, hs]: ``rope_forward`` / ``rope_backward`` with the positions of each row
   vs HF Llama's ``apply_rotary_pos_emb`` (x·cos + rotate_half(x)·sin) on [B, NH, T, hs] and its autograd
   backward. Unit: elements of q per second.
+- qk_rotary: QK-norm (RMSNorm over each head) and rope on q and k of qkv [BT, 3C], v copied, in one pass
+  (``qk_rotary_forward``; the backward in place) vs HF Qwen3's ``q_norm(q.view(B, T, NH, hs)).transpose(1, 2)``
+  (the same for k) then ``apply_rotary_pos_emb``, and its autograd backward. Unit: elements of qkv per second.
+- swiglu: ``swiglu_forward(gu [BT, 2H])`` (gate | up rows) vs HF LlamaMLP's ``F.silu(gate) * up`` on two [BT, H]
+  tensors, and the backward vs ``torch.autograd.grad`` wrt (gate, up). Unit: elements of the [BT, H] output
+  per second.
 - crossentropy: the fused loss + gradient ``crossentropy(logits [BT,V], targets, scale=1/BT)`` vs
   ``F.cross_entropy`` (mean) forward + ``torch.autograd.grad`` wrt the logits. Our kernel overwrites its logits
   with the gradient, so each round's (untimed) setup copies the logits into both sides' input buffers. Unit:
@@ -268,6 +274,85 @@ def rope_case(impl, threads, backward):
     return Case(fn, lambda: [back(res["g"][0])])
 
 
+@functools.lru_cache(maxsize=None)
+def swiglu_inputs():
+    """gu [BT, 2H] (gate | up rows, as the stacked gate/up GEMM writes them), dout [BT, H]."""
+    r = rng(6)
+    return 2 * r.standard_normal((BT, 2 * H), dtype=np.float32), r.standard_normal((BT, H), dtype=np.float32)
+
+
+def swiglu_case(impl, threads, backward):
+    gu, dout = swiglu_inputs()
+    if impl == "cllm":
+        if backward:
+            dgu = np.empty_like(gu)
+            return Case(lambda: kernels.swiglu_backward(gu, dout, dgu=dgu, num_threads=threads), lambda: [dgu])
+        out = np.empty_like(dout)
+        return Case(lambda: kernels.swiglu_forward(gu, out=out, num_threads=threads), lambda: [out])
+    # HF LlamaMLP: act_fn(gate_proj(x)) * up_proj(x), two [BT, H] tensors
+    g, u = (tensor(a, backward) for a in (gu[:, :H], gu[:, H:]))
+    res = {}
+    if not backward:
+        def fn():
+            res["y"] = F.silu(g) * u
+        return Case(fn, lambda: [numpy(res["y"])])
+    y, dout_t = F.silu(g) * u, tensor(dout)
+
+    def fn():
+        res["g"] = torch.autograd.grad(y, (g, u), dout_t, retain_graph=True)
+    return Case(fn, lambda: [np.concatenate([numpy(t) for t in res["g"]], axis=1)])
+
+
+@functools.lru_cache(maxsize=None)
+def qk_rotary_inputs():
+    """qkv [BT, 3C] as the projection writes it, dout of its shape, QK-norm weights [hs], positions, tables."""
+    r = rng(7)
+    qkv, dout = attention_inputs()[0].reshape(BT, 3 * C), r.standard_normal((BT, 3 * C), dtype=np.float32)
+    qw, kw = (1 + 0.1 * r.standard_normal(HS, dtype=np.float32) for _ in range(2))
+    return qkv, dout, qw, kw, np.tile(np.arange(T, dtype=np.int32), B), *kernels.rope_table(T, HS)
+
+
+def qk_rotary_case(impl, threads, backward):
+    qkv, dout, qw, kw, pos, cos, sin = qk_rotary_inputs()
+    if impl == "cllm":
+        out, rstd = kernels.qk_rotary_forward(qkv, NH, pos, cos, sin, q_norm=qw, k_norm=kw, num_threads=threads)
+        if not backward:
+            return Case(lambda: kernels.qk_rotary_forward(qkv, NH, pos, cos, sin, q_norm=qw, k_norm=kw, out=out,
+                                                          rstd=rstd, num_threads=threads), lambda: [out])
+        d, dqw, dkw = np.empty_like(dout), np.zeros_like(qw), np.zeros_like(kw)
+
+        def setup():  # the kernel works in place on dqkv and adds into the norms' gradients
+            np.copyto(d, dout)
+            dqw.fill(0.0)
+            dkw.fill(0.0)
+        return Case(lambda: kernels.qk_rotary_backward(d, qkv, NH, pos, cos, sin, q_norm=qw, k_norm=kw, rstd=rstd,
+                                                       dq_norm=dqw, dk_norm=dkw, num_threads=threads),
+                    lambda: [d, dqw, dkw], setup=setup)
+    # HF Qwen3Attention: q_norm(q_proj(x).view(B, T, NH, hs)).transpose(1, 2), the same for k, then
+    # apply_rotary_pos_emb(q, k, cos, sin); v.view(B, T, NH, hs).transpose(1, 2)
+    qkv_t, qw_t, kw_t = tensor(qkv, backward), tensor(qw, backward), tensor(kw, backward)
+    cos_t, sin_t = (tensor(np.concatenate([a, a], axis=1)) for a in (cos, sin))
+
+    def forward():
+        q, k, v = (a.view(B, T, NH, HS) for a in qkv_t.view(B, T, 3 * C).split(C, dim=-1))
+        q = F.rms_norm(q, (HS,), qw_t, eps=1e-6).transpose(1, 2)
+        k = F.rms_norm(k, (HS,), kw_t, eps=1e-6).transpose(1, 2)
+        return torch_rope(q, cos_t, sin_t), torch_rope(k, cos_t, sin_t), v.transpose(1, 2)
+    rows = lambda ts: np.concatenate([numpy(t.transpose(1, 2).reshape(BT, C)) for t in ts], axis=1)
+    res = {}
+    if not backward:
+        def fn():
+            res["y"] = forward()
+        return Case(fn, lambda: [rows(res["y"])])
+    y = forward()
+    douts = [torch.from_numpy(dout[:, i * C:(i + 1) * C].copy()).view(B, T, NH, HS).transpose(1, 2)
+             for i in range(3)]
+
+    def fn():
+        res["g"] = torch.autograd.grad(y, (qkv_t, qw_t, kw_t), douts, retain_graph=True)
+    return Case(fn, lambda: [numpy(g).reshape(g.shape[0], -1) if g.ndim > 1 else numpy(g) for g in res["g"]])
+
+
 def gelu_forward(impl, threads):
     x = rowwise_inputs(H)[0]
     if impl == "cllm":
@@ -389,6 +474,14 @@ KERNELS = {
                      "element", MEGA, 100),
     "rope_backward": (functools.partial(rope_case, backward=True), "rope", f"backward [{BT}, {NH}, {HS}]", BT * C,
                       "element", MEGA, 100),
+    "qk_rotary_forward": (functools.partial(qk_rotary_case, backward=False), "qk_rotary",
+                          f"forward QK-norm + rope [{BT}, 3·{C}]", BT * C * 3, "element", MEGA, 100),
+    "qk_rotary_backward": (functools.partial(qk_rotary_case, backward=True), "qk_rotary",
+                           f"backward QK-norm + rope [{BT}, 3·{C}]", BT * C * 3, "element", MEGA, 100),
+    "swiglu_forward": (functools.partial(swiglu_case, backward=False), "swiglu", f"forward [{BT}, 2·{H}]",
+                       BT * H, "element", MEGA, 50),
+    "swiglu_backward": (functools.partial(swiglu_case, backward=True), "swiglu", f"backward [{BT}, 2·{H}]",
+                        BT * H, "element", MEGA, 50),
     "gelu_forward": (gelu_forward, "gelu", f"forward [{BT}, {H}]", BT * H, "element", MEGA, 50),
     "gelu_backward": (gelu_backward, "gelu", f"backward [{BT}, {H}]", BT * H, "element", MEGA, 50),
     "crossentropy": (crossentropy, "crossentropy", f"fwd+bwd [{BT}, {V}]", BT * V, "logit", MEGA, 10),

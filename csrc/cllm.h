@@ -75,11 +75,11 @@ int cllm_linear_forward_packed(const float *x, const float *wp, const float *b, 
                                int64_t N, int num_threads);
 
 /* ---- the GPT layers: one forward/backward pair per file, backward gradients added (+=) unless noted ---- */
-/* embedding.c: out[b,t,:] = wte[idx[b,t],:] + wpe[t,:].   idx is (B,T) int32 in [0,V), wte is (V,C),
+/* embedding.c: out[b,t,:] = wte[idx[b,t],:] + wpe[t,:] (wpe NULL: no position embedding, as Llama's).   idx is (B,T) int32 in [0,V), wte is (V,C),
  * wpe is (>=T,C), out is (B,T,C). */
 int cllm_embedding_forward(const int32_t *idx, const float *wte, const float *wpe, float *out, int64_t B, int64_t T,
                            int64_t C, int num_threads);
-/* dwte[idx[b,t],:] += dout[b,t,:] and dwpe[t,:] += Σ_b dout[b,t,:], each sum in (b,t) order: threads split the
+/* dwte[idx[b,t],:] += dout[b,t,:] and dwpe[t,:] += Σ_b dout[b,t,:] (dwpe NULL: none), each sum in (b,t) order: threads split the
  * channels, so there are no races and no order that depends on them. */
 int cllm_embedding_backward(const float *dout, const int32_t *idx, float *dwte, float *dwpe, int64_t B, int64_t T,
                             int64_t C, int num_threads);
@@ -106,6 +106,19 @@ int cllm_rmsnorm_backward(const float *dout, const float *x, const float *w, con
  * backward: dx from dout). x, out are (M,H,hs), out may be x, hs even; pos is (M); cos_t, sin_t are (P, hs/2). */
 int cllm_rope(const float *x, float *out, const int32_t *pos, const float *cos_t, const float *sin_t, int64_t M,
               int64_t H, int64_t hs, int inverse, int num_threads);
+
+/* qk_rotary.c: the attention's input from the q/k/v projection's output: each q and k head optionally RMS-normalised
+ * (QK-norm: q_norm, k_norm (hs) both given, or both NULL; rstd (M, 2·NH) saved for the backward, as
+ * cllm_rmsnorm_forward computes it) then rotated at its row's position as cllm_rope does; v copied.
+ * in, out are (M, 3·NH·hs): rows of q, k, v, head h at h·hs .. h·hs+hs of each; pos (M); cos_t, sin_t (P, hs/2). */
+int cllm_qk_rotary_forward(const float *in, float *out, const float *q_norm, const float *k_norm, float *rstd,
+                           const int32_t *pos, const float *cos_t, const float *sin_t, int64_t M, int64_t NH,
+                           int64_t hs, float eps, int num_threads);
+/* dqkv (M, 3·NH·hs), in place: the gradient of out becomes the gradient of in (q, k rotated back and through the
+ * norm; v unchanged); dq_norm, dk_norm (hs) += their sums over rows (fixed row chunks up the sphere tree). */
+int cllm_qk_rotary_backward(float *dqkv, const float *in, const float *q_norm, const float *k_norm,
+                            const float *rstd, const int32_t *pos, const float *cos_t, const float *sin_t,
+                            float *dq_norm, float *dk_norm, int64_t M, int64_t NH, int64_t hs, int num_threads);
 
 /* attention.c: causal multi-head self-attention, blocked with an online softmax (no T×T matrix).
  * qkv is (B,T,3C): q, k, v in that order, head h at columns h·hs .. h·hs+hs of each (hs = C/NH);
@@ -156,6 +169,12 @@ typedef struct {
  * scratch: CLLM_GPT_DECODE_SCRATCH(M, C, H, hs, num_threads) floats. */
 int cllm_gpt_decode_step(const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos, int64_t M,
                          float *scratch, float *logits, int num_threads);
+
+/* swiglu.c: the Llama MLP's gate, out = silu(gate)·up with silu(g) = g·σ(g).   gu is (M, 2H): each row the gate
+ * projection's H values then the up projection's; out is (M, H). */
+int cllm_swiglu_forward(const float *gu, float *out, int64_t M, int64_t H, int num_threads);
+/* dgu (M, 2H) = (dout·up·silu'(gate), dout·silu(gate)) (overwritten; not gu).   dout is (M, H). */
+int cllm_swiglu_backward(const float *gu, const float *dout, float *dgu, int64_t M, int64_t H, int num_threads);
 
 /* gelu.c: out = x·Φ(x) with GELU's tanh approximation, and the residual add.   x, out are (n). */
 int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads);

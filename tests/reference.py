@@ -84,6 +84,46 @@ def rope_backward(dout, pos, theta=10_000.0):
     return rope_forward(dout, pos, theta, inverse=True)
 
 
+def swiglu_forward(gu):
+    # gu is (..., 2H): [gate | up] -> out is (..., H) = silu(gate)·up, silu(g) = g·σ(g)
+    half = gu.shape[-1] // 2
+    g, u = gu[..., :half], gu[..., half:]
+    return g / (1.0 + np.exp(-g)) * u
+
+
+def swiglu_backward(dout, gu):
+    # dout is (..., H), gu is (..., 2H) -> dgu is (..., 2H)
+    half = gu.shape[-1] // 2
+    g, u = gu[..., :half], gu[..., half:]
+    s = 1.0 / (1.0 + np.exp(-g))
+    return np.concatenate([dout * u * s * (1.0 + g * (1.0 - s)), dout * g * s], axis=-1)
+
+
+def qk_rotary_forward(qkv, NH, pos, q_norm=None, k_norm=None, eps=1e-6, theta=10_000.0):
+    # qkv is (M, 3C) rows of q, k, v (heads contiguous) -> out (M, 3C): q and k per head through RMSNorm with
+    # q_norm / k_norm (hs,) when given (QK-norm), then RoPE at pos (M,); v unchanged. cache for the backward.
+    M = qkv.shape[0]
+    q, k, v = (a.reshape(M, NH, -1) for a in np.split(qkv, 3, axis=-1))
+    caches = []
+    if q_norm is not None:
+        (q, qc), (k, kc) = rmsnorm_forward(q, q_norm, eps), rmsnorm_forward(k, k_norm, eps)
+        caches = [qc, kc]
+    q, k = rope_forward(q, pos, theta), rope_forward(k, pos, theta)
+    return np.concatenate([a.reshape(M, -1) for a in (q, k, v)], axis=-1), caches
+
+
+def qk_rotary_backward(dout, NH, pos, caches, q_norm=None, k_norm=None, theta=10_000.0):
+    # dout is (M, 3C) -> dqkv (M, 3C), and (dq_norm, dk_norm) with QK-norm
+    M = dout.shape[0]
+    dq, dk, dv = (a.reshape(M, NH, -1) for a in np.split(dout, 3, axis=-1))
+    dq, dk = rope_backward(dq, pos, theta), rope_backward(dk, pos, theta)
+    dnorms = ()
+    if q_norm is not None:
+        (dq, dqw), (dk, dkw) = rmsnorm_backward(dq, caches[0], q_norm), rmsnorm_backward(dk, caches[1], k_norm)
+        dnorms = (dqw, dkw)
+    return np.concatenate([a.reshape(M, -1) for a in (dq, dk, dv)], axis=-1), dnorms
+
+
 def matmul_forward(x, weight, bias):
     # x is (B,T,C), weight is (OC,C), bias is (OC,) -> out is (B,T,OC)
     return x @ weight.T + bias

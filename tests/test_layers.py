@@ -30,6 +30,22 @@ def test_embedding(isa, rng, B, T, C, V):
     same_for_every_thread_count(run)
 
 
+def test_embedding_without_positions(rng):
+    """wpe None (Llama: positions are rotary): out = wte[idx], and only dwte gets gradients."""
+    wte, idx = f32(rng.standard_normal((11, 33))), rng.integers(0, 11, (2, 7)).astype(np.int32)
+    assert np.array_equal(kernels.embedding_forward(idx, wte), wte[idx])
+    dout = f32(rng.standard_normal((2, 7, 33)))
+    ref_dwte, _ = R.encoder_backward(dout.astype(np.float64), idx, wte.shape, (7, 33))
+
+    def run(nt):
+        dwte = np.zeros_like(wte)
+        kernels.embedding_backward(dout, idx, dwte, num_threads=nt)
+        return dwte
+
+    assert rel_err(run(1), ref_dwte) <= TOL
+    same_for_every_thread_count(run)
+
+
 def test_embedding_rejects_out_of_range_ids(rng):
     wte, wpe = f32(rng.standard_normal((10, 4))), f32(rng.standard_normal((8, 4)))
     idx = np.zeros((2, 5), np.int32)
@@ -124,6 +140,88 @@ def test_rope(isa, rng, M, H, hs, P):
     inplace = x.copy()
     assert kernels.rope_forward(inplace, pos, cos, sin, out=inplace) is inplace
     assert np.array_equal(inplace, out)
+
+
+@pytest.mark.parametrize("M,NH,hs,qk_norm", [(1, 1, 2, True), (5, 3, 6, True), (130, 4, 64, True),
+                                            (130, 4, 64, False), (33, 2, 34, True)])
+def test_qk_rotary(isa, rng, M, NH, hs, qk_norm):
+    C = NH * hs
+    qkv = f32(rng.standard_normal((M, 3 * C)) * 2 + 0.5)
+    pos = rng.integers(0, 2 * M, M).astype(np.int32)
+    cos, sin = kernels.rope_table(2 * M, hs)
+    norms = {"q_norm": f32(1 + 0.3 * rng.standard_normal(hs)), "k_norm": f32(1 + 0.3 * rng.standard_normal(hs))} \
+        if qk_norm else {}
+    norms64 = {k: v.astype(np.float64) for k, v in norms.items()}
+    dout = f32(rng.standard_normal((M, 3 * C)))
+    ref_out, caches = R.qk_rotary_forward(qkv.astype(np.float64), NH, pos, **norms64)
+    ref_dqkv, ref_dnorms = R.qk_rotary_backward(dout.astype(np.float64), NH, pos, caches, **norms64)
+
+    def run(nt):
+        out, rstd = kernels.qk_rotary_forward(qkv, NH, pos, cos, sin, **norms, num_threads=nt)
+        dqkv, dnorm = dout.copy(), {"dq_norm": np.ones(hs, np.float32), "dk_norm": np.ones(hs, np.float32)}
+        kernels.qk_rotary_backward(dqkv, qkv, NH, pos, cos, sin, **norms, rstd=rstd,
+                                   **(dnorm if qk_norm else {}), num_threads=nt)
+        return out, dqkv, *dnorm.values()
+
+    out, dqkv, dqw, dkw = run(1)
+    assert rel_err(out, ref_out) <= TOL
+    if hs > 2 or not qk_norm:  # a 2-wide head normalises to a near-constant: its gradient is 0 up to rounding
+        assert rel_err(dqkv, ref_dqkv) <= TOL
+    if qk_norm:
+        assert rel_err(dqw, 1 + ref_dnorms[0]) <= TOL and rel_err(dkw, 1 + ref_dnorms[1]) <= TOL
+        # each head as rmsnorm_forward then rope_forward compute it: the same bits
+        q = qkv[:, :C].reshape(-1, hs)
+        qn, _ = kernels.rmsnorm_forward(q, norms["q_norm"])
+        expect = kernels.rope_forward(qn.reshape(M, NH, hs), pos, cos, sin)
+        assert np.array_equal(out[:, :C].reshape(M, NH, hs), expect)
+    assert np.array_equal(out[:, 2 * C:], qkv[:, 2 * C:]) and np.array_equal(dqkv[:, 2 * C:], dout[:, 2 * C:])
+    same_for_every_thread_count(run)
+
+
+def test_qk_rotary_rejects_bad_input(rng):
+    qkv, pos = f32(rng.standard_normal((4, 3 * 2 * 8))), np.zeros(4, np.int32)
+    cos, sin = kernels.rope_table(10, 8)
+    w = f32(np.ones(8))
+    with pytest.raises(ValueError, match="qk_rotary_forward: give both q_norm and k_norm"):
+        kernels.qk_rotary_forward(qkv, 2, pos, cos, sin, q_norm=w)
+    with pytest.raises(ValueError, match=r"qk_rotary_forward: qkv must be float32 C-contiguous \[\?, 72\]"):
+        kernels.qk_rotary_forward(qkv, 3, pos, cos, sin)
+    with pytest.raises(ValueError, match=r"qk_rotary_forward: k_norm must be float32 C-contiguous \[8\]"):
+        kernels.qk_rotary_forward(qkv, 2, pos, cos, sin, q_norm=w, k_norm=f32(np.ones(6)))
+    out, rstd = kernels.qk_rotary_forward(qkv, 2, pos, cos, sin, q_norm=w, k_norm=w)
+    with pytest.raises(ValueError, match="qk_rotary_backward: dqkv must not overlap"):
+        kernels.qk_rotary_backward(qkv, qkv, 2, pos, cos, sin, q_norm=w, k_norm=w, rstd=rstd,
+                                   dq_norm=np.zeros(8, np.float32), dk_norm=np.zeros(8, np.float32))
+
+
+@pytest.mark.parametrize("M,H", [(1, 1), (7, 13), (130, 512), (3, 4096 + 5)])
+def test_swiglu(isa, rng, M, H):
+    gu = f32(rng.standard_normal((M, 2 * H)) * 3)
+    if M > 1:  # saturated gates, in a row beside others (the max-norm error is relative to all of them)
+        gu[-1, :2] = [-100.0, 100.0]
+    dout = f32(rng.standard_normal((M, H)))
+
+    def run(nt):
+        return (kernels.swiglu_forward(gu, num_threads=nt), kernels.swiglu_backward(gu, dout, num_threads=nt))
+
+    out, dgu = run(1)
+    assert rel_err(out, R.swiglu_forward(gu.astype(np.float64))) <= TOL
+    assert rel_err(dgu, R.swiglu_backward(dout.astype(np.float64), gu.astype(np.float64))) <= TOL
+    # an element's bits depend on its values only, not on where in a row (vector body or ragged end) it falls
+    if H > 1:
+        assert np.array_equal(kernels.swiglu_forward(np.ascontiguousarray(
+            np.concatenate([gu[:, 1:H], gu[:, H + 1:]], axis=1))), out[:, 1:])
+    same_for_every_thread_count(run)
+
+
+def test_swiglu_rejects_bad_input(rng):
+    with pytest.raises(ValueError, match="swiglu_forward: gu must have an even number of columns"):
+        kernels.swiglu_forward(f32(rng.standard_normal((2, 7))))
+    gu = f32(rng.standard_normal((2, 8)))
+    with pytest.raises(ValueError, match=r"swiglu_backward: dout must be float32 C-contiguous \[2, 4\]"):
+        kernels.swiglu_backward(gu, f32(rng.standard_normal((2, 8))))
+    with pytest.raises(ValueError, match="swiglu_backward: dgu must not overlap"):
+        kernels.swiglu_backward(gu, gu[:, :4].copy(), dgu=gu)
 
 
 def test_rope_rejects_bad_input(rng):

@@ -221,23 +221,48 @@ def test_bad_input_is_rejected():
         reference.loss_and_grads(params, CONFIG, np.zeros((1, 2), dtype=np.int64), np.full((1, 2), -2))
 
 
+def assert_gradients(loss, pairs):
+    """Each (gradient, array) pair: the analytic gradient of loss() with respect to the array (changed in place
+    and restored) against central differences."""
+    for grad, array in pairs:
+        for i in np.ndindex(array.shape):
+            saved = array[i]
+            array[i] = saved + FD_EPS
+            up = loss()
+            array[i] = saved - FD_EPS
+            down = loss()
+            array[i] = saved
+            numeric = (up - down) / (2 * FD_EPS)
+            assert abs(grad[i] - numeric) <= FD_TOL * abs(numeric) + FD_ATOL, (i, grad[i], numeric)
+
+
 def test_rmsnorm_gradients_match_finite_differences():
     """The reference RMSNorm's backward against central differences of a random linear function of its output."""
     rng = np.random.default_rng(3)
     x, w, probe = rng.standard_normal((3, 7)), rng.standard_normal(7), rng.standard_normal((3, 7))
     eps = 1e-2  # large enough to matter in the derivative
-    loss = lambda x, w: float((reference.rmsnorm_forward(x, w, eps)[0] * probe).sum())
     dx, dw = reference.rmsnorm_backward(probe, reference.rmsnorm_forward(x, w, eps)[1], w)
-    for grad, array in ((dx, x), (dw, w)):
-        for i in np.ndindex(array.shape):
-            saved = array[i]
-            array[i] = saved + FD_EPS
-            up = loss(x, w)
-            array[i] = saved - FD_EPS
-            down = loss(x, w)
-            array[i] = saved
-            numeric = (up - down) / (2 * FD_EPS)
-            assert abs(grad[i] - numeric) <= FD_TOL * abs(numeric) + FD_ATOL, (i, grad[i], numeric)
+    assert_gradients(lambda: float((reference.rmsnorm_forward(x, w, eps)[0] * probe).sum()), ((dx, x), (dw, w)))
+
+
+def test_swiglu_gradients_match_finite_differences():
+    rng = np.random.default_rng(5)
+    gu, probe = rng.standard_normal((3, 8)) * 2, rng.standard_normal((3, 4))
+    dgu = reference.swiglu_backward(probe, gu)
+    assert_gradients(lambda: float((reference.swiglu_forward(gu) * probe).sum()), ((dgu, gu),))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_qk_rotary_gradients_match_finite_differences(qk_norm):
+    """QK-norm then RoPE on q and k (v passed through): the backward against central differences."""
+    rng = np.random.default_rng(6)
+    NH, hs, M = 2, 6, 3
+    qkv, probe, pos = rng.standard_normal((M, 3 * NH * hs)), rng.standard_normal((M, 3 * NH * hs)), np.array([0, 4, 9])
+    norms = {"q_norm": 1 + 0.3 * rng.standard_normal(hs), "k_norm": 1 + 0.3 * rng.standard_normal(hs)} \
+        if qk_norm else {}
+    forward = lambda: reference.qk_rotary_forward(qkv, NH, pos, **norms, eps=1e-2, theta=100.0)
+    dqkv, dnorms = reference.qk_rotary_backward(probe, NH, pos, forward()[1], **norms, theta=100.0)
+    assert_gradients(lambda: float((forward()[0] * probe).sum()), ((dqkv, qkv), *zip(dnorms, norms.values())))
 
 
 def test_rope_backward_is_the_gradient_and_the_rotation_matches_hf():
@@ -245,17 +270,8 @@ def test_rope_backward_is_the_gradient_and_the_rotation_matches_hf():
     x·cos + rotate_half(x)·sin written out."""
     rng = np.random.default_rng(4)
     x, probe, pos = rng.standard_normal((3, 2, 6)), rng.standard_normal((3, 2, 6)), np.array([0, 5, 17])
-    loss = lambda x: float((reference.rope_forward(x, pos, 100.0) * probe).sum())
     dx = reference.rope_backward(probe, pos, 100.0)
-    for i in np.ndindex(x.shape):
-        saved = x[i]
-        x[i] = saved + FD_EPS
-        up = loss(x)
-        x[i] = saved - FD_EPS
-        down = loss(x)
-        x[i] = saved
-        numeric = (up - down) / (2 * FD_EPS)
-        assert abs(dx[i] - numeric) <= FD_TOL * abs(numeric) + FD_ATOL, (i, dx[i], numeric)
+    assert_gradients(lambda: float((reference.rope_forward(x, pos, 100.0) * probe).sum()), ((dx, x),))
     inv_freq = 1.0 / 100.0 ** (np.arange(0, 6, 2) / 6)
     emb = np.concatenate([pos[:, None] * inv_freq] * 2, axis=-1)[:, None, :]  # HF: cat((freqs, freqs), -1)
     rotate_half = np.concatenate([-x[..., 3:], x[..., :3]], axis=-1)

@@ -41,6 +41,12 @@ cdef extern from "cllm.h" nogil:
                               float *dw, int64_t N, int64_t C, int num_threads)
     int cllm_rope(const float *x, float *out, const int32_t *pos, const float *cos_t, const float *sin_t,
                   int64_t M, int64_t H, int64_t hs, int inverse, int num_threads)
+    int cllm_qk_rotary_forward(const float *inp, float *out, const float *q_norm, const float *k_norm, float *rstd,
+                               const int32_t *pos, const float *cos_t, const float *sin_t, int64_t M, int64_t NH,
+                               int64_t hs, float eps, int num_threads)
+    int cllm_qk_rotary_backward(float *dqkv, const float *inp, const float *q_norm, const float *k_norm,
+                                const float *rstd, const int32_t *pos, const float *cos_t, const float *sin_t,
+                                float *dq_norm, float *dk_norm, int64_t M, int64_t NH, int64_t hs, int num_threads)
     int cllm_attention_forward(const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C,
                                int64_t NH, int num_threads)
     int cllm_attention_backward(const float *dout, const float *qkv, const float *out, const float *lse,
@@ -74,6 +80,8 @@ cdef extern from "cllm.h" nogil:
         const cllm_gpt_layer *layers
     int cllm_gpt_decode_step(const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos,
                              int64_t M, float *scratch, float *logits, int num_threads)
+    int cllm_swiglu_forward(const float *gu, float *out, int64_t M, int64_t H, int num_threads)
+    int cllm_swiglu_backward(const float *gu, const float *dout, float *dgu, int64_t M, int64_t H, int num_threads)
     int cllm_gelu_forward(const float *x, float *out, int64_t n, int num_threads)
     int cllm_gelu_backward(const float *x, const float *dout, float *dx, int64_t n, int num_threads)
     int cllm_residual_forward(const float *a, const float *b, float *out, int64_t n, int num_threads)

@@ -78,18 +78,20 @@ def linear_forward_packed(const float[:, ::1] x, const float[:, :, ::1] wp, cons
 
 def embedding_forward(const int32_t[:, ::1] idx, const float[:, ::1] wte, const float[:, ::1] wpe,
                       float[:, :, ::1] out, int num_threads):
+    cdef const float *pp = &wpe[0, 0] if wpe is not None else NULL
     cdef int err
     with nogil:
-        err = cllm_embedding_forward(&idx[0, 0], &wte[0, 0], &wpe[0, 0], &out[0, 0, 0], idx.shape[0], idx.shape[1],
+        err = cllm_embedding_forward(&idx[0, 0], &wte[0, 0], pp, &out[0, 0, 0], idx.shape[0], idx.shape[1],
                                      wte.shape[1], num_threads)
     _check(err, "embedding_forward")
 
 
 def embedding_backward(const float[:, :, ::1] dout, const int32_t[:, ::1] idx, float[:, ::1] dwte,
                        float[:, ::1] dwpe, int num_threads):
+    cdef float *pp = &dwpe[0, 0] if dwpe is not None else NULL
     cdef int err
     with nogil:
-        err = cllm_embedding_backward(&dout[0, 0, 0], &idx[0, 0], &dwte[0, 0], &dwpe[0, 0], idx.shape[0],
+        err = cllm_embedding_backward(&dout[0, 0, 0], &idx[0, 0], &dwte[0, 0], pp, idx.shape[0],
                                       idx.shape[1], dwte.shape[1], num_threads)
     _check(err, "embedding_backward")
 
@@ -137,6 +139,35 @@ def rope(const float[:, :, ::1] x, float[:, :, ::1] out, const int32_t[::1] pos,
         err = cllm_rope(&x[0, 0, 0], &out[0, 0, 0], &pos[0], &cos_t[0, 0], &sin_t[0, 0], x.shape[0], x.shape[1],
                         x.shape[2], inverse, num_threads)
     _check(err, "rope")
+
+
+def qk_rotary_forward(const float[:, ::1] inp, float[:, ::1] out, const float[::1] q_norm, const float[::1] k_norm,
+                      float[:, ::1] rstd, const int32_t[::1] pos, const float[:, ::1] cos_t, const float[:, ::1] sin_t,
+                      int64_t n_heads, float eps, int num_threads):
+    cdef const float *qp = &q_norm[0] if q_norm is not None else NULL
+    cdef const float *kp = &k_norm[0] if k_norm is not None else NULL
+    cdef float *rp = &rstd[0, 0] if rstd is not None else NULL
+    cdef int err
+    with nogil:
+        err = cllm_qk_rotary_forward(&inp[0, 0], &out[0, 0], qp, kp, rp, &pos[0], &cos_t[0, 0], &sin_t[0, 0],
+                                     inp.shape[0], n_heads, 2 * cos_t.shape[1], eps, num_threads)
+    _check(err, "qk_rotary_forward")
+
+
+def qk_rotary_backward(float[:, ::1] dqkv, const float[:, ::1] inp, const float[::1] q_norm,
+                       const float[::1] k_norm, const float[:, ::1] rstd, const int32_t[::1] pos,
+                       const float[:, ::1] cos_t, const float[:, ::1] sin_t, float[::1] dq_norm, float[::1] dk_norm,
+                       int64_t n_heads, int num_threads):
+    cdef const float *qp = &q_norm[0] if q_norm is not None else NULL
+    cdef const float *kp = &k_norm[0] if k_norm is not None else NULL
+    cdef const float *rp = &rstd[0, 0] if rstd is not None else NULL
+    cdef float *dqp = &dq_norm[0] if dq_norm is not None else NULL
+    cdef float *dkp = &dk_norm[0] if dk_norm is not None else NULL
+    cdef int err
+    with nogil:
+        err = cllm_qk_rotary_backward(&dqkv[0, 0], &inp[0, 0], qp, kp, rp, &pos[0], &cos_t[0, 0], &sin_t[0, 0], dqp,
+                                      dkp, inp.shape[0], n_heads, 2 * cos_t.shape[1], num_threads)
+    _check(err, "qk_rotary_backward")
 
 
 def attention_forward(const float[:, :, ::1] qkv, float[:, :, ::1] out, float[:, :, ::1] lse, int num_threads):
@@ -232,6 +263,20 @@ cdef class GptDecodeStep:
             err = cllm_gpt_decode_step(&self.g, self.rows, self.rows + R, self.rows + 2 * R, M, &self.scratch[0],
                                        &self.logits[0, 0], num_threads)
         _check(err, "gpt_decode_step")
+
+
+def swiglu_forward(const float[:, ::1] gu, float[:, ::1] out, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_swiglu_forward(&gu[0, 0], &out[0, 0], out.shape[0], out.shape[1], num_threads)
+    _check(err, "swiglu_forward")
+
+
+def swiglu_backward(const float[:, ::1] gu, const float[:, ::1] dout, float[:, ::1] dgu, int num_threads):
+    cdef int err
+    with nogil:
+        err = cllm_swiglu_backward(&gu[0, 0], &dout[0, 0], &dgu[0, 0], dout.shape[0], dout.shape[1], num_threads)
+    _check(err, "swiglu_backward")
 
 
 def gelu_forward(const float[::1] x, float[::1] out, int num_threads):

@@ -15,16 +15,18 @@ __all__ = ["crossentropy", "embedding_backward", "embedding_forward", "layernorm
            "rmsnorm_backward", "rmsnorm_forward"]
 
 
-def embedding_forward(idx, wte, wpe, *, out=None, num_threads=None) -> np.ndarray:
-    """out[b,t] = wte[idx[b,t]] + wpe[t].   idx [B, T] int32 in [0, V), wte [V, C], wpe [>=T, C] -> [B, T, C]."""
+def embedding_forward(idx, wte, wpe=None, *, out=None, num_threads=None) -> np.ndarray:
+    """out[b,t] = wte[idx[b,t]] + wpe[t].   idx [B, T] int32 in [0, V), wte [V, C], wpe [>=T, C] or None (no
+    position embedding: Llama's, whose positions are rotary) -> [B, T, C]."""
     fn = "embedding_forward"
     check(fn, "wte", wte, (None, None))
     V, C = wte.shape
     check(fn, "idx", idx, (None, None), dtype=np.int32)
     B, T = idx.shape
-    check(fn, "wpe", wpe, (None, C))
-    if wpe.shape[0] < T:
-        raise ValueError(f"{fn}: idx has {T} positions but wpe only {wpe.shape[0]}")
+    if wpe is not None:
+        check(fn, "wpe", wpe, (None, C))
+        if wpe.shape[0] < T:
+            raise ValueError(f"{fn}: idx has {T} positions but wpe only {wpe.shape[0]}")
     check_ids(fn, "idx", idx, (B, T), V)
     nt = resolve_num_threads(num_threads, f"{fn}: num_threads")
     out = check_out(fn, "out", out, (B, T, C), (wte, wpe))
@@ -33,17 +35,19 @@ def embedding_forward(idx, wte, wpe, *, out=None, num_threads=None) -> np.ndarra
     return out
 
 
-def embedding_backward(dout, idx, dwte, dwpe, *, num_threads=None) -> None:
-    """dwte[idx[b,t]] += dout[b,t];  dwpe[t] += Σ_b dout[b,t].   dout [B, T, C], idx [B, T], dwte [V, C]."""
+def embedding_backward(dout, idx, dwte, dwpe=None, *, num_threads=None) -> None:
+    """dwte[idx[b,t]] += dout[b,t];  dwpe[t] += Σ_b dout[b,t] (dwpe None: no position embedding).
+    dout [B, T, C], idx [B, T], dwte [V, C], dwpe [>=T, C]."""
     fn = "embedding_backward"
     check(fn, "dwte", dwte, (None, None), writeable=True)
     V, C = dwte.shape
     check(fn, "idx", idx, (None, None), dtype=np.int32)
     B, T = idx.shape
     check(fn, "dout", dout, (B, T, C))
-    check(fn, "dwpe", dwpe, (None, C), writeable=True)
-    if dwpe.shape[0] < T:
-        raise ValueError(f"{fn}: idx has {T} positions but dwpe only {dwpe.shape[0]}")
+    if dwpe is not None:
+        check(fn, "dwpe", dwpe, (None, C), writeable=True)
+        if dwpe.shape[0] < T:
+            raise ValueError(f"{fn}: idx has {T} positions but dwpe only {dwpe.shape[0]}")
     check_ids(fn, "idx", idx, (B, T), V)
     no_overlap(fn, "dwte", dwte, (dout, dwpe))
     if dout.size:

@@ -5,15 +5,20 @@
 
 #define SLICE 32 /* channels per work item of the backward: threads own disjoint channels of dwte and dwpe */
 
-/* out[b,t,:] = wte[idx[b,t],:] + wpe[t,:].   idx (B,T), wte (V,C), wpe (>=T,C), out (B,T,C) */
+/* out[b,t,:] = wte[idx[b,t],:] + wpe[t,:].   idx (B,T), wte (V,C), wpe (>=T,C) or NULL, out (B,T,C) */
 int ISA_FN(cllm_embedding_forward)(const int32_t *idx, const float *wte, const float *wpe, float *out, int64_t B,
                                    int64_t T, int64_t C, int num_threads)
 {
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t bt = 0; bt < B * T; bt++) {
-        const float *e = wte + (int64_t)idx[bt] * C, *p = wpe + (bt % T) * C;
+        const float *e = wte + (int64_t)idx[bt] * C;
         float *o = out + bt * C;
-        for (int64_t c = 0; c < C; c++) o[c] = e[c] + p[c];
+        if (wpe) {
+            const float *p = wpe + (bt % T) * C;
+            for (int64_t c = 0; c < C; c++) o[c] = e[c] + p[c];
+        } else {
+            for (int64_t c = 0; c < C; c++) o[c] = e[c];
+        }
     }
     return 0;
 }
@@ -31,7 +36,7 @@ int ISA_FN(cllm_embedding_backward)(const float *dout, const int32_t *idx, float
             float *e = dwte + (int64_t)idx[bt] * C;
             for (int64_t c = c0; c < c1; c++) e[c] += d[c];
         }
-        for (int64_t t = 0; t < T; t++)
+        for (int64_t t = 0; t < (dwpe ? T : 0); t++)
             for (int64_t b = 0; b < B; b++) {
                 const float *d = dout + (b * T + t) * C;
                 float *p = dwpe + t * C;

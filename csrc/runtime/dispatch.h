@@ -50,6 +50,15 @@
       (const float *x, float *out, const int32_t *pos, const float *cos_t, const float *sin_t, int64_t M,          \
        int64_t H, int64_t hs, int inverse, int num_threads),                                                       \
       (x, out, pos, cos_t, sin_t, M, H, hs, inverse, num_threads))                                                 \
+    X(qk_rotary_forward,                                                                                           \
+      (const float *in, float *out, const float *q_norm, const float *k_norm, float *rstd, const int32_t *pos,     \
+       const float *cos_t, const float *sin_t, int64_t M, int64_t NH, int64_t hs, float eps, int num_threads),     \
+      (in, out, q_norm, k_norm, rstd, pos, cos_t, sin_t, M, NH, hs, eps, num_threads))                             \
+    X(qk_rotary_backward,                                                                                          \
+      (float *dqkv, const float *in, const float *q_norm, const float *k_norm, const float *rstd,                  \
+       const int32_t *pos, const float *cos_t, const float *sin_t, float *dq_norm, float *dk_norm, int64_t M,     \
+       int64_t NH, int64_t hs, int num_threads),                                                                   \
+      (dqkv, in, q_norm, k_norm, rstd, pos, cos_t, sin_t, dq_norm, dk_norm, M, NH, hs, num_threads))              \
     X(attention_forward,                                                                                           \
       (const float *qkv, float *out, float *lse, int64_t B, int64_t T, int64_t C, int64_t NH, int num_threads),    \
       (qkv, out, lse, B, T, C, NH, num_threads))                                                                   \
@@ -69,6 +78,10 @@
       (const cllm_gpt *g, const int32_t *ids, const int32_t *slot, const int32_t *pos, int64_t M, float *scratch,  \
        float *logits, int num_threads),                                                                            \
       (g, ids, slot, pos, M, scratch, logits, num_threads))                                                        \
+    X(swiglu_forward, (const float *gu, float *out, int64_t M, int64_t H, int num_threads),                        \
+      (gu, out, M, H, num_threads))                                                                                \
+    X(swiglu_backward, (const float *gu, const float *dout, float *dgu, int64_t M, int64_t H, int num_threads),    \
+      (gu, dout, dgu, M, H, num_threads))                                                                          \
     X(gelu_forward, (const float *x, float *out, int64_t n, int num_threads), (x, out, n, num_threads))            \
     X(gelu_backward, (const float *x, const float *dout, float *dx, int64_t n, int num_threads),                   \
       (x, dout, dx, n, num_threads))                                                                               \
