@@ -27,13 +27,14 @@ from conftest import NOTES, THREADS, quick, settle
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_step_worker.py")
 PRESET, BATCH, WARMUP, STEPS = "small", quick(16, 4), quick(2, 1), quick(5, 3)
-CASES = [(threads, impl) for threads in THREADS for impl in ("torch", "cllm")]  # the peer first: the ratio needs it
+# the peer first: the ratio needs it
+CASES = [(arch, threads, impl) for arch in ("gpt2", "llama") for threads in THREADS for impl in ("torch", "cllm")]
 
 has_torch = importlib.util.find_spec("torch") is not None  # not imported here: the workers import it
 
 
-def run_worker(impl, threads):
-    cmd = [sys.executable, WORKER, "--impl", impl, "--threads", str(threads), "--preset", PRESET,
+def run_worker(impl, threads, arch="gpt2"):
+    cmd = [sys.executable, WORKER, "--impl", impl, "--threads", str(threads), "--preset", PRESET, "--arch", arch,
            "--batch", str(BATCH), "--warmup", str(WARMUP), "--steps", str(STEPS)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
@@ -41,24 +42,24 @@ def run_worker(impl, threads):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("threads,impl", CASES, ids=[f"t{t}-{i}" for t, i in CASES])
-def test_train_step(benchmark, record_rate, threads, impl):
+@pytest.mark.parametrize("arch,threads,impl", CASES, ids=[f"{a}-t{t}-{i}" for a, t, i in CASES])
+def test_train_step(benchmark, record_rate, arch, threads, impl):
     if impl == "torch" and not has_torch:
         pytest.skip("torch is not installed (pip install torch==2.13.0)")
     settle()
-    result = benchmark.pedantic(run_worker, args=(impl, threads), rounds=1, iterations=1)
+    result = benchmark.pedantic(run_worker, args=(impl, threads, arch), rounds=1, iterations=1)
     assert np.isfinite(result["loss_first"]) and np.isfinite(result["loss_last"])
     assert result["loss_last"] < result["loss_first"], "the loss should fall over a few steps on one batch"
     benchmark.extra_info.update({k: v for k, v in result.items() if k not in ("impl", "threads", "tokens_per_s")})
     if impl == "cllm":
-        NOTES.append(f"train_step t{threads}: model {result['model_gflops']:.1f} GFLOP/s = "
+        NOTES.append(f"train_step {arch} t{threads}: model {result['model_gflops']:.1f} GFLOP/s = "
                      f"{result['mfu_vs_numpy_sgemm']:.0%} of numpy sgemm's {result['numpy_sgemm_gflops']:.1f}; "
                      f"peak RSS {result['peak_rss_mb']:.0f} MB = {result['peak_rss_mb'] / result['theoretical_mb']:.2f}"
                      f"x the need of {result['theoretical_mb']:.0f} MB")
         NOTES.append("  breakdown (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in result["breakdown_ms"].items()))
     else:
-        NOTES.append(f"train_step t{threads}: {impl} peak RSS {result['peak_rss_mb']:.0f} MB")
-    record_rate("train_step", f"{PRESET} B{BATCH} T{result['seq']}", threads, impl, result["tokens_per_s"],
+        NOTES.append(f"train_step {arch} t{threads}: {impl} peak RSS {result['peak_rss_mb']:.0f} MB")
+    record_rate("train_step", f"{arch} {PRESET} B{BATCH} T{result['seq']}", threads, impl, result["tokens_per_s"],
                 "token", scale=(1e3, "k"))
 
 
@@ -129,3 +130,66 @@ def test_peer_training_matches(tiny_pair):
     diffs = {name: float(np.abs(state[name] - w.numpy()).max()) for name, w in peer_state.items()}
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] <= lr / 50, f"{worst}: weights differ by {diffs[worst]:.2e} after 3 steps"
+
+
+LLAMA_VARIANTS = {"tied": {}, "qk_norm": {"qk_norm": True}, "untied": {"tie_embeddings": False},
+                  "untied qk_norm": {"qk_norm": True, "tie_embeddings": False}}
+
+
+def llama_pair(variant):
+    """(torch, cllm model, torch peer with its weights, idx, targets): preset "tiny" as llama, the zero output
+    projections given weights so that every gradient is non-zero."""
+    torch = pytest.importorskip("torch")
+    from peers.torch_llama import Llama
+
+    cfg = cllm.ModelConfig.preset("tiny", arch="llama", **LLAMA_VARIANTS[variant])
+    model = cllm.Model(cfg, seed=0)
+    rng = np.random.default_rng(1)
+    for name, w in model.state_dict().items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            w[...] = rng.standard_normal(w.shape) * 0.05
+    peer = Llama(cfg)
+    peer.load_from_numpy(model.state_dict())
+    tokens = rng.integers(0, cfg.vocab_size, size=(2, cfg.context_length + 1), dtype=np.int64)
+    return torch, model, peer, tokens[:, :-1].copy(), tokens[:, 1:].copy()
+
+
+@pytest.mark.parametrize("variant", LLAMA_VARIANTS)
+def test_llama_peer_matches(variant):
+    """Logits, loss and every gradient of cllm's llama against the PyTorch peer on the same weights."""
+    torch, model, peer, idx, targets = llama_pair(variant)
+    logits = model.forward(idx)
+    loss = model.forward_backward(idx, targets)
+    peer_logits, peer_loss = peer(torch.from_numpy(idx), torch.from_numpy(targets))
+    peer_loss.backward()
+    assert max_rel(logits, peer_logits.detach().numpy()) <= 1e-4
+    assert abs(loss - peer_loss.item()) <= 1e-4 * abs(peer_loss.item())
+    grads, peer_grads = model.grads(), {name: p.grad.numpy() for name, p in peer.named_parameters()}
+    assert sorted(grads) == sorted(peer_grads)
+    errors = {name: max_rel(grads[name], peer_grads[name]) for name in peer_grads}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-4, f"{worst}: relative error {errors[worst]:.2e}"
+
+
+@pytest.mark.parametrize("variant", LLAMA_VARIANTS)
+def test_llama_state_dict_loads_into_transformers(variant):
+    """cllm's llama state dict is HF's: transformers' LlamaForCausalLM (Qwen3ForCausalLM with QK-norm) loads it
+    as it is (a tied head is the one tensor it does not need) and gives the same logits."""
+    torch, model, _, idx, _ = llama_pair(variant)
+    transformers = pytest.importorskip("transformers")
+    cfg = model.config
+    kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.hidden_size,
+              num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
+              head_dim=cfg.head_dim, max_position_embeddings=cfg.context_length, rms_norm_eps=cfg.norm_eps,
+              tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", attention_bias=False,
+              rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+    if cfg.qk_norm:
+        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**kw))
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw, mlp_bias=False))
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()},
+                                             strict=False)
+    assert not unexpected and missing == ([] if not cfg.tie_embeddings else ["lm_head.weight"])
+    with torch.no_grad():
+        hf_logits = hf.eval()(torch.from_numpy(idx)).logits.numpy()
+    assert max_rel(model.forward(idx), hf_logits) <= 1e-4

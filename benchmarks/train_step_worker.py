@@ -2,10 +2,12 @@
 so that its peak RSS is its own and torch's and cllm's thread pools never meet. Prints one JSON line.
 
     python benchmarks/train_step_worker.py --impl cllm|torch --threads N --steps S --warmup W --preset small \
-        [--batch 16 --seq 256]
+        [--arch gpt2|llama [--qk-norm] [--untied]] [--batch 16 --seq 256]
 
 tokens_per_s is the median over the timed steps of B·T / step time. Both start from cllm.Model(cfg, seed=0)'s
-weights; data: uniform random tokens (seed 0), targets = the next token. For cllm the line also holds a per-kernel
+weights (llama's zero-initialised output projections are given N(0, 0.02) weights first, so that every gradient is
+non-zero as it is after the first step); data: uniform random tokens (seed 0), targets = the next token. The peer:
+benchmarks/peers/torch_gpt.py or torch_llama.py. For cllm the line also holds a per-kernel
 time breakdown of one more step, the model's FLOP/s against numpy's sgemm (same threads, same process) and the
 memory a step needs by the model's own estimate (16 bytes per parameter + the activations kept for the backward).
 """
@@ -27,10 +29,24 @@ from peak_memory import peak_rss_mb
 LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
 
 
-def model_config(preset):
+def model_config(args):
     import cllm
 
-    return cllm.ModelConfig.preset(preset)
+    if args.arch == "gpt2":
+        return cllm.ModelConfig.preset(args.preset)
+    return cllm.ModelConfig.preset(args.preset, arch="llama", qk_norm=args.qk_norm, tie_embeddings=not args.untied)
+
+
+def initial_model(cfg):
+    """cllm.Model(cfg, seed=0), whose weights both sides start from (llama's zero output projections filled)."""
+    import cllm
+
+    model = cllm.Model(cfg, seed=0)
+    rng = np.random.default_rng(1)
+    for name, w in model.state_dict().items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            w[...] = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(0.02)
+    return model
 
 
 def make_data(cfg, batch, seq):
@@ -43,7 +59,7 @@ def cllm_step_fn(cfg, threads, idx, targets):
     import cllm
 
     cllm.set_num_threads(threads)
-    model = cllm.Model(cfg, seed=0)
+    model = initial_model(cfg)
     opt = cllm.optim.AdamW(model, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP)
 
     def step():
@@ -73,8 +89,9 @@ def cllm_step_fn(cfg, threads, idx, targets):
 def step_flops(cfg, batch, seq):
     """FLOPs of one training step as MFU counts them: 3× the forward's (backward = 2× forward), matmuls and the
     causal attention exactly; the attention backward's recomputation is not counted."""
-    C, L, V, H, tokens = cfg.d_model, cfg.n_layers, cfg.vocab_size, cfg.mlp_ratio * cfg.d_model, batch * seq
-    matmul = 2 * tokens * (L * (3 * C * C + C * C + 2 * C * H) + C * V)
+    C, L, V, H, tokens = cfg.d_model, cfg.n_layers, cfg.vocab_size, cfg.hidden_size, batch * seq
+    mlp = (3 if cfg.arch == "llama" else 2) * C * H  # gate, up, down; or fc, proj
+    matmul = 2 * tokens * (L * (3 * C * C + C * C + mlp) + C * V)
     attention = L * 2 * 2 * batch * seq * (seq + 1) / 2 * C  # q·kᵀ and p·v over the causal half, all heads
     return 3 * (matmul + attention)
 
@@ -103,13 +120,14 @@ def torch_step_fn(cfg, threads, idx, targets):
     torch.set_num_interop_threads(1)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from peers.torch_gpt import GPT, make_optimizer, train_step
+    from peers.torch_llama import Llama
 
     torch.manual_seed(0)
-    model = GPT.from_config(cfg)
+    model = GPT.from_config(cfg) if cfg.arch == "gpt2" else Llama(cfg)
     import cllm
 
     cllm.set_num_threads(threads)  # start from the same weights as cllm (its model is dropped at once)
-    model.load_from_numpy(cllm.Model(cfg, seed=0).state_dict())
+    model.load_from_numpy(initial_model(cfg).state_dict())
     opt = make_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS)
     tidx, ttargets = torch.from_numpy(idx), torch.from_numpy(targets)
     n_params = sum(p.numel() for p in model.parameters())
@@ -135,13 +153,16 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2")
+    ap.add_argument("--qk-norm", action="store_true", help="llama: QK-norm")
+    ap.add_argument("--untied", action="store_true", help="llama: an output head of its own")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default: the preset's context length)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.steps < 1 or args.warmup < 0 or args.batch < 1:
         ap.error("--threads, --steps and --batch must be >= 1 and --warmup >= 0")
 
-    cfg = model_config(args.preset)
+    cfg = model_config(args)
     seq = args.seq or cfg.context_length
     if not 1 <= seq <= cfg.context_length:
         ap.error(f"--seq must be in 1..{cfg.context_length} for preset {args.preset} (got {seq})")
@@ -170,6 +191,7 @@ def main(argv=None):
         "impl": args.impl,
         "threads": args.threads,
         "preset": args.preset,
+        "arch": cfg.arch,
         "batch": args.batch,
         "seq": seq,
         "tokens_per_s": statistics.median(tokens / t for t in times),

@@ -261,8 +261,10 @@ def block_backward(dout, p, cache, NH):
 
 def param_shapes(config) -> dict:
     """Name -> shape of every parameter, in state-dict order."""
+    if config.arch == "llama":
+        return llama_param_shapes(config)
     V, maxT, C, L = config.vocab_size, config.context_length, config.d_model, config.n_layers
-    H = config.mlp_ratio * C
+    H = config.hidden_size
     shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (maxT, C)}
     for i in range(L):
         for name, shape in [("ln_1.weight", (C,)), ("ln_1.bias", (C,)),
@@ -283,7 +285,7 @@ def init_params(config, seed=0, *, std=0.02) -> dict:
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(config).items():
-        if ".ln_" in name or name.startswith("transformer.ln_"):
+        if ".ln_" in name or name.startswith("transformer.ln_") or "norm" in name:
             params[name] = (1.0 if name.endswith("weight") else 0.0) + 0.1 * rng.standard_normal(shape)
         else:
             params[name] = std * rng.standard_normal(shape)
@@ -333,6 +335,8 @@ def _forward(params, config, idx):
 def forward(params, config, idx):
     """Logits [B, T, V] (float64) of the token ids idx [B, T]."""
     idx, _ = _check(params, config, idx)
+    if config.arch == "llama":
+        return _llama_forward(params, config, idx)[0]
     return _forward(params, config, idx)[0]
 
 
@@ -340,6 +344,8 @@ def loss_and_grads(params, config, idx, targets):
     """Mean cross-entropy over the positions whose target is not -1 (0.0 if none), and its gradient with
     respect to every parameter (a dict of the same names and shapes)."""
     idx, targets = _check(params, config, idx, targets)
+    if config.arch == "llama":
+        return _llama_loss_and_grads(params, config, idx, targets)
     logits, (p, caches, lnf, lnf_cache) = _forward(params, config, idx)
     loss, probs = crossentropy_forward(logits, targets)
     NH = config.n_heads
@@ -356,4 +362,121 @@ def loss_and_grads(params, config, idx, targets):
         grads.update({f"transformer.h.{i}.{name}": value for name, value in g.items()})
     dwte, grads["transformer.wpe.weight"] = encoder_backward(dx, idx, wte.shape, p["transformer.wpe.weight"].shape)
     grads["transformer.wte.weight"] = dwte + dwte_head  # the tied weight gets both uses' gradients
+    return loss, {name: grads[name] for name in param_shapes(config)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Llama / Qwen3: x = x + o(attn(rope(qk_norm(q, k)), v)) of rmsnorm(x); x = x + down(silu(gate)·up) of rmsnorm(x)
+
+
+def llama_param_shapes(config) -> dict:
+    """HF Llama / Qwen3 names -> shapes, in state-dict order."""
+    V, C, L, H, hs = config.vocab_size, config.d_model, config.n_layers, config.hidden_size, config.head_dim
+    shapes = {"model.embed_tokens.weight": (V, C)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (C,)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            shapes[p + f"self_attn.{name}.weight"] = (C, C)
+        if config.qk_norm:
+            shapes[p + "self_attn.q_norm.weight"] = shapes[p + "self_attn.k_norm.weight"] = (hs,)
+        shapes[p + "self_attn.o_proj.weight"] = (C, C)
+        shapes[p + "post_attention_layernorm.weight"] = (C,)
+        shapes[p + "mlp.gate_proj.weight"] = shapes[p + "mlp.up_proj.weight"] = (H, C)
+        shapes[p + "mlp.down_proj.weight"] = (C, H)
+    shapes["model.norm.weight"] = (C,)
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def _llama_layer(d, i):
+    prefix = f"model.layers.{i}."
+    return {name[len(prefix):]: value for name, value in d.items() if name.startswith(prefix)}
+
+
+def llama_block_forward(p, x, config):
+    # p: this layer's parameters by short name; x is (B,T,C) -> out is (B,T,C), cache
+    B, T, C = x.shape
+    NH, eps, theta = config.n_heads, config.norm_eps, config.rope_theta
+    norms = {"q_norm": p["self_attn.q_norm.weight"], "k_norm": p["self_attn.k_norm.weight"]} if config.qk_norm else {}
+    h1, h1_cache = rmsnorm_forward(x, p["input_layernorm.weight"], eps)
+    qkv_in = np.concatenate([h1 @ p[f"self_attn.{n}_proj.weight"].T for n in "qkv"], axis=-1).reshape(B * T, 3 * C)
+    pos = np.tile(np.arange(T), B)
+    qkv, qk_caches = qk_rotary_forward(qkv_in, NH, pos, **norms, eps=eps, theta=theta)
+    qkv = qkv.reshape(B, T, 3 * C)
+    atty, att = attention_forward(qkv, NH)
+    res2 = x + atty @ p["self_attn.o_proj.weight"].T
+    h2, h2_cache = rmsnorm_forward(res2, p["post_attention_layernorm.weight"], eps)
+    gu = np.concatenate([h2 @ p["mlp.gate_proj.weight"].T, h2 @ p["mlp.up_proj.weight"].T], axis=-1)
+    act = swiglu_forward(gu)
+    cache = dict(h1=h1, h1_cache=h1_cache, pos=pos, norms=norms, qk_caches=qk_caches, qkv=qkv, att=att, atty=atty,
+                 h2=h2, h2_cache=h2_cache, gu=gu, act=act)
+    return res2 + act @ p["mlp.down_proj.weight"].T, cache
+
+
+def llama_block_backward(dout, p, cache, config):
+    # dout is (B,T,C) -> dx is (B,T,C), g: this layer's gradients by short name
+    B, T, C = dout.shape
+    NH, H = config.n_heads, config.hidden_size
+    g = {}
+    dres2 = dout.copy()
+    dact, g["mlp.down_proj.weight"], _ = matmul_backward(dout, cache["act"], p["mlp.down_proj.weight"])
+    dgu = swiglu_backward(dact, cache["gu"])
+    dh2_g, g["mlp.gate_proj.weight"], _ = matmul_backward(dgu[..., :H], cache["h2"], p["mlp.gate_proj.weight"])
+    dh2_u, g["mlp.up_proj.weight"], _ = matmul_backward(dgu[..., H:], cache["h2"], p["mlp.up_proj.weight"])
+    dx2, g["post_attention_layernorm.weight"] = rmsnorm_backward(dh2_g + dh2_u, cache["h2_cache"],
+                                                                 p["post_attention_layernorm.weight"])
+    dres2 += dx2
+    dx = dres2.copy()
+    datty, g["self_attn.o_proj.weight"], _ = matmul_backward(dres2, cache["atty"], p["self_attn.o_proj.weight"])
+    dqkv = attention_backward(datty, cache["qkv"], cache["att"], NH).reshape(B * T, 3 * C)
+    norms = cache["norms"]
+    dqkv_in, dnorms = qk_rotary_backward(dqkv, NH, cache["pos"], cache["qk_caches"], **norms,
+                                         theta=config.rope_theta)
+    if norms:
+        g["self_attn.q_norm.weight"], g["self_attn.k_norm.weight"] = dnorms
+    dqkv_in = dqkv_in.reshape(B, T, 3 * C)
+    dh1 = 0.0
+    for j, n in enumerate("qkv"):
+        dpart, g[f"self_attn.{n}_proj.weight"], _ = matmul_backward(
+            dqkv_in[..., j * C:(j + 1) * C], cache["h1"], p[f"self_attn.{n}_proj.weight"])
+        dh1 = dh1 + dpart
+    dx1, g["input_layernorm.weight"] = rmsnorm_backward(dh1, cache["h1_cache"], p["input_layernorm.weight"])
+    return dx + dx1, g
+
+
+def _llama_head(p, config):
+    return p["model.embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
+
+
+def _llama_forward(params, config, idx):
+    p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
+    x = p["model.embed_tokens.weight"][idx]  # (B,T,C): no position embedding, positions are rotary
+    caches = []
+    for i in range(config.n_layers):
+        x, cache = llama_block_forward(_llama_layer(p, i), x, config)
+        caches.append(cache)
+    xn, xn_cache = rmsnorm_forward(x, p["model.norm.weight"], config.norm_eps)
+    return xn @ _llama_head(p, config).T, (p, caches, xn, xn_cache)
+
+
+def _llama_loss_and_grads(params, config, idx, targets):
+    logits, (p, caches, xn, xn_cache) = _llama_forward(params, config, idx)
+    loss, probs = crossentropy_forward(logits, targets)
+    head = _llama_head(p, config)
+    V, C = head.shape
+    grads = {}
+    dlogits = crossentropy_backward(probs, targets)
+    dhead = dlogits.reshape(-1, V).T @ xn.reshape(-1, C)
+    dx, grads["model.norm.weight"] = rmsnorm_backward(dlogits @ head, xn_cache, p["model.norm.weight"])
+    for i in reversed(range(config.n_layers)):
+        dx, g = llama_block_backward(dx, _llama_layer(p, i), caches[i], config)
+        grads.update({f"model.layers.{i}.{name}": value for name, value in g.items()})
+    dwte = np.zeros_like(p["model.embed_tokens.weight"])
+    np.add.at(dwte, idx, dx)
+    if config.tie_embeddings:
+        grads["model.embed_tokens.weight"] = dwte + dhead
+    else:
+        grads["model.embed_tokens.weight"], grads["lm_head.weight"] = dwte, dhead
     return loss, {name: grads[name] for name in param_shapes(config)}

@@ -125,17 +125,17 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("source, bad", [
-    ("from ..train import train\n", "cllm.model.gpt (layer 5, cllm.model) imports cllm.train"),  # upward
-    ("def f():\n    from ..optim import AdamW\n", "cllm.model.gpt (layer 5, cllm.model) imports cllm.optim"),  # sibling
-    ("from cllm.cli import main\n", "cllm.model.gpt (layer 5, cllm.model) imports cllm.cli"),
+    ("from ..train import train\n", "cllm.model.language_model (layer 5, cllm.model) imports cllm.train"),  # upward
+    ("def f():\n    from ..optim import AdamW\n", "cllm.model.language_model (layer 5, cllm.model) imports cllm.optim"),  # sibling
+    ("from cllm.cli import main\n", "cllm.model.language_model (layer 5, cllm.model) imports cllm.cli"),
 ])
 def test_the_checker_catches_upward_and_sibling_imports(monkeypatch, source, bad):
-    monkeypatch.setitem(GRAPH, "cllm.model.gpt", GRAPH["cllm.model.gpt"] | imports(source, "cllm.model.gpt"))
+    monkeypatch.setitem(GRAPH, "cllm.model.language_model", GRAPH["cllm.model.language_model"] | imports(source, "cllm.model.language_model"))
     with pytest.raises(AssertionError, match=bad.replace("(", r"\(").replace(")", r"\)")):
         test_imports_point_down()
 
 
 def test_the_checker_resolves_relative_imports():
     assert imports("from . import checkpoint\nfrom .. import kernels as K\nfrom ..runtime.threads import x\n",
-                   "cllm.model.gpt") == {"cllm.model.checkpoint", "cllm.kernels", "cllm.runtime.threads"}
+                   "cllm.model.language_model") == {"cllm.model.checkpoint", "cllm.kernels", "cllm.runtime.threads"}
     assert imports("from .linear import PANEL\n", "cllm.kernels", is_package=True) == {"cllm.kernels.linear"}

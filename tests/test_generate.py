@@ -96,11 +96,21 @@ def test_greedy_ties_and_penalty():
 
 # --- the cache against recomputation ---------------------------------------------------------------------------------
 
-def test_decoder_logits_are_model_forward_bits(isa):
-    """Prefill and decode steps give exactly Model.forward's logits, rows of a batch at their own positions."""
-    cfg = cllm.ModelConfig(vocab_size=37, context_length=13, d_model=24, n_layers=2, n_heads=3)
+ARCHS = {"gpt2": {}, "llama": dict(arch="llama", mlp_hidden=40),
+         "llama qk_norm untied": dict(arch="llama", qk_norm=True, tie_embeddings=False)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decoder_logits_are_model_forward_bits(isa, arch):
+    """Prefill and decode steps give exactly Model.forward's logits, rows of a batch at their own positions (for
+    llama: each rotated at its own position)."""
+    cfg = cllm.ModelConfig(vocab_size=37, context_length=13, d_model=24, n_layers=2, n_heads=3, **ARCHS[arch])
     model = cllm.Model(cfg, seed=1)
     model.params *= 4  # sharper logits than at initialisation
+    if arch != "gpt2":  # llama's output projections start at 0: give them weights
+        for name, w in model.state_dict().items():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                w[...] = np.random.default_rng(len(name)).standard_normal(w.shape) * 0.3
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 37, n) for n in (13, 6, 2)]
     first = [10, 2, 1]  # prompt lengths; the rest is decoded
@@ -127,9 +137,11 @@ def test_greedy_with_cache_equals_full_recomputation(prompt_len):
     assert model.generate_ids(ids, 40, **sampled) == model.generate_ids(ids, 40, **sampled, use_cache=False)
 
 
-def test_untrained_model_cache_equals_recomputation():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_untrained_model_cache_equals_recomputation(arch):
     """Near-ties everywhere: only equal bits give equal tokens."""
-    model = cllm.Model(cllm.ModelConfig(vocab_size=50, context_length=16, d_model=32, n_layers=2, n_heads=4), seed=3)
+    model = cllm.Model(cllm.ModelConfig(vocab_size=50, context_length=16, d_model=32, n_layers=2, n_heads=4,
+                                        **ARCHS[arch]), seed=3)
     ids = [[1, 2, 3], [7] * 20]
     assert model.generate_ids(ids, 30, temperature=0) == model.generate_ids(ids, 30, temperature=0, use_cache=False)
 

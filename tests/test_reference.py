@@ -10,6 +10,11 @@ import reference
 from cllm.model.config import ModelConfig
 
 CONFIG = ModelConfig(vocab_size=11, context_length=5, d_model=8, n_layers=2, n_heads=2)
+LLAMA = {  # hs 4: QK-norm over 4 values; mlp_hidden odd so that gate and up are of unequal-looking widths
+    "llama tied qk_norm": ModelConfig(11, 5, 8, 2, 2, arch="llama", mlp_hidden=7, qk_norm=True, norm_eps=1e-2,
+                                      rope_theta=100.0),
+    "llama untied": ModelConfig(11, 5, 8, 2, 2, arch="llama", mlp_hidden=12, tie_embeddings=False),
+}
 STD = 0.3  # larger than the training init, so that attention is far from uniform and every path matters
 FD_EPS = 1e-5
 FD_TOL = 1e-6  # relative, plus FD_ATOL for the difference quotient's rounding (about 1e-16·loss / FD_EPS)
@@ -27,9 +32,9 @@ def batch(B, T, seed, ignore=()):
     return idx, targets
 
 
-def loss_of(params, idx, targets):
+def loss_of(params, idx, targets, config=CONFIG):
     """Mean cross-entropy from forward()'s logits, written independently of the reference's own."""
-    logits = reference.forward(params, CONFIG, idx)
+    logits = reference.forward(params, config, idx)
     valid = targets != -1
     if not valid.any():
         return 0.0
@@ -38,15 +43,15 @@ def loss_of(params, idx, targets):
     return float(((logsumexp - picked) * valid).sum() / valid.sum())
 
 
-def numerical_grad(params, idx, targets, name, flat_indices):
+def numerical_grad(params, idx, targets, name, flat_indices, config=CONFIG):
     values = params[name].reshape(-1)  # a view: editing it edits params[name]
     out = []
     for i in flat_indices:
         saved = values[i]
         values[i] = saved + FD_EPS
-        plus = loss_of(params, idx, targets)
+        plus = loss_of(params, idx, targets, config)
         values[i] = saved - FD_EPS
-        minus = loss_of(params, idx, targets)
+        minus = loss_of(params, idx, targets, config)
         values[i] = saved
         out.append((plus - minus) / (2 * FD_EPS))
     return np.array(out)
@@ -60,21 +65,30 @@ CASES = {  # name -> (B, T, ignored positions)
 }
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_gradients_match_finite_differences(case):
-    B, T, ignore = CASES[case]
-    idx, targets = batch(B, T, seed=len(case), ignore=ignore)
-    params = reference.init_params(CONFIG, seed=1, std=STD)
-    loss, grads = reference.loss_and_grads(params, CONFIG, idx, targets)
-    assert loss == pytest.approx(loss_of(params, idx, targets), rel=1e-12)
+def check_gradients(config, B, T, ignore, seed):
+    idx, targets = batch(B, T, seed=seed, ignore=ignore)
+    params = reference.init_params(config, seed=1, std=STD)
+    loss, grads = reference.loss_and_grads(params, config, idx, targets)
+    assert loss == pytest.approx(loss_of(params, idx, targets, config), rel=1e-12)
     assert list(grads) == list(params)
     for name, analytic in grads.items():
         assert analytic.shape == params[name].shape and analytic.dtype == np.float64, name
-        numeric = numerical_grad(params, idx, targets, name, range(analytic.size))  # every element: it is cheap
+        numeric = numerical_grad(params, idx, targets, name, range(analytic.size), config)  # every element: cheap
         got = analytic.reshape(-1)
         excess = np.abs(got - numeric) - (FD_TOL * np.maximum(np.abs(got), np.abs(numeric)) + FD_ATOL)
         i = excess.argmax()
         assert excess[i] <= 0, f"{name}[{i}]: analytic {got[i]:.10e}, numerical {numeric[i]:.10e}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_match_finite_differences(case):
+    check_gradients(CONFIG, *CASES[case], seed=len(case))
+
+
+@pytest.mark.parametrize("arch", LLAMA)
+@pytest.mark.parametrize("case", ["some ignored", "T = context_length"])
+def test_llama_gradients_match_finite_differences(arch, case):
+    check_gradients(LLAMA[arch], *CASES[case], seed=len(case))
 
 
 def test_unused_position_rows_get_zero_gradient():

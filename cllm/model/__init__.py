@@ -2,7 +2,7 @@
 sampling and generation, and its .cllm files (``checkpoint`` writes them, ``loading`` reads them)."""
 
 from .config import PRESETS, ModelConfig
-from .gpt import Model
+from .language_model import Model
 from .loading import load, read
 
 __all__ = ["PRESETS", "Model", "ModelConfig", "load", "read"]

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from ..formats.container import write
 
-__all__ = ["ARCHITECTURE", "OPTIMIZER_TENSORS", "save"]
+__all__ = ["OPTIMIZER_TENSORS", "save"]
 
-ARCHITECTURE = "gpt2"
 OPTIMIZER_TENSORS = ("optimizer.m", "optimizer.v")
 
 
@@ -25,7 +24,7 @@ def save(path, model, *, optimizer=None, trainer_state: dict | None = None) -> P
         raise ValueError("save: optimizer must be a cllm.optim.AdamW of this model")
     if trainer_state is not None and not isinstance(trainer_state, dict):
         raise TypeError(f"save: trainer_state must be a dict (got {type(trainer_state).__name__})")
-    header: dict = {"model": {"architecture": ARCHITECTURE, "config": model.config.to_dict()},
+    header: dict = {"model": {"architecture": model.config.arch, "config": model.config.to_dict()},
                     "tokenizer": model.tokenizer.to_hf_dict() if model.tokenizer is not None else None,
                     "training": model.training_summary}
     regions = [(model.params, model.layout)]

@@ -5,11 +5,13 @@ by panels, streamed once per step for all the rows of the step) and, per layer, 
 ``slots`` sequences of up to context_length tokens (``kernels.kv_cache``). It is a snapshot: changes to the model's
 weights after it was made are not seen. Not for concurrent use.
 
-``prefill`` runs a prompt through the model's forward description (``blocks.gpt2_forward``) with an executor whose
-linear layers are packed and whose attention also stores the prompt's keys and values; ``decode`` is one kernel
-call for all its rows (``kernels.GptDecodeStep``, over a table of these weights). Every kernel gives a row the bits the
-training forward gives it, so the logits of both equal, bit for bit, those of ``Model.forward`` on the whole
-sequence (tests/test_generate.py). Shapes: C = d_model, V vocabulary, NH heads, hs = C/NH, T prompt tokens.
+``prefill`` runs a prompt through the architecture's forward description (``cllm.model.arch``) with an executor
+whose linear layers are packed and whose attention also stores the prompt's keys and values. ``decode`` is, for
+gpt2, one kernel call for all its rows (``kernels.GptDecodeStep``, over a table of these weights); for llama, the
+same description run over the step's rows (``_DecodeRun``: each row rotated at its own position, attention over
+its slot's cache). Every kernel gives a row the bits the training forward gives it, so the logits of both equal, bit
+for bit, those of ``Model.forward`` on the whole sequence (tests/test_generate.py). Shapes: C = d_model,
+V vocabulary, NH heads, hs = C/NH, T prompt tokens, M rows of a decode step.
 """
 
 from __future__ import annotations
@@ -22,15 +24,25 @@ import numpy as np
 from .. import kernels as K
 from ..runtime.checks import is_integer
 from ..runtime.threads import effective_cpu_count, resolve_num_threads
-from .blocks import GPT2_LAYER, gpt2_forward
-from .parameters import activation_shapes
+from .arch import architecture, gpt2
+from .parameters import activation_shapes, parameter_views
 
 __all__ = ["Decoder"]
 
 # The decode table's field (kernels.DECODE_LAYER) for each of a GPT-2 layer's weights.
-DECODE_FIELDS = {"ln_1": "ln1", "attn.c_attn": "attn", "attn.c_proj": "attn_proj", "ln_2": "ln2",
-                 "mlp.c_fc": "fc", "mlp.c_proj": "fc_proj"}
-LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+DECODE_FIELDS = dict(zip(gpt2.LAYER, ("ln1", "attn", "attn_proj", "ln2", "fc", "fc_proj")))
+
+
+def _packed(table):
+    """A weight table with every linear layer's (weight, bias) packed (kernels.PackedLinear): the layers are the
+    pairs whose weight is a matrix; norms' pairs and single tensors stay as they are."""
+    if isinstance(table, dict):
+        return {name: _packed(value) for name, value in table.items()}
+    if isinstance(table, list):
+        return [_packed(value) for value in table]
+    if isinstance(table, tuple) and table[0].ndim == 2:
+        return K.PackedLinear(*table)
+    return table
 
 
 class Decoder:
@@ -46,18 +58,19 @@ class Decoder:
         # The step gives the same bits for any count, so it runs on at most the usable CPUs.
         self._step_threads = min(self.num_threads, effective_cpu_count())
         self.capacity = cfg.context_length  # tokens a slot holds: the model has no positions beyond
-        p = model.state_dict()
-        pair = lambda name: (p[name + ".weight"], p[name + ".bias"])
+        self._arch = architecture(cfg)
         self._caches = [K.kv_cache(slots, cfg.n_heads, cfg.head_dim, self.capacity) for _ in range(cfg.n_layers)]
-        layers = [{name: K.PackedLinear(*pair(f"transformer.h.{i}.{name}")) if name in LINEARS
-                   else pair(f"transformer.h.{i}.{name}") for name in GPT2_LAYER} for i in range(cfg.n_layers)]
-        wte = p["transformer.wte.weight"]
-        self._weights = {"wte": wte, "wpe": p["transformer.wpe.weight"], "ln_f": pair("transformer.ln_f"),
-                         "head": K.PackedLinear(wte), "layers": layers}  # the tied output head
-        table = [{DECODE_FIELDS[name]: w for name, w in layer.items()} | {"cache": cache}
-                 for layer, cache in zip(layers, self._caches)]
-        self._step = K.GptDecodeStep(wte=wte, wpe=self._weights["wpe"], ln_f=self._weights["ln_f"],
-                                  head=self._weights["head"], layers=table, max_rows=slots)
+        self._rope = model._rope
+        views, stacks = parameter_views(cfg, model.params, model.layout)
+        self._weights = _packed(self._arch.weight_table({**views, **stacks}, cfg))
+        if cfg.arch == "gpt2":
+            w = self._weights
+            table = [{DECODE_FIELDS[name]: weights for name, weights in layer.items()} | {"cache": cache}
+                     for layer, cache in zip(w["layers"], self._caches)]
+            self._step = K.GptDecodeStep(wte=w["wte"], wpe=w["wpe"], ln_f=w["ln_f"], head=w["head"], layers=table,
+                                         max_rows=slots)
+        else:
+            self._step = _DecodeStep(self, slots)
         self.lengths = [0] * slots  # tokens cached per slot
         self._arena = _PrefillArena(cfg)
 
@@ -75,8 +88,8 @@ class Decoder:
         if not 1 <= T <= self.capacity:
             raise ValueError(f"Decoder.prefill: ids must hold 1 to {self.capacity} tokens (got {T})")
         logits = np.empty((1, self.config.vocab_size), np.float32)
-        run = _PrefillRun(self._caches, int(slot), T, self.config.n_heads, self.num_threads)
-        gpt2_forward(run, self._weights, self._arena.buffers(T), ids, logits)
+        run = _PrefillRun(self, int(slot), T)
+        self._arch.forward(run, self._weights, self._arena.buffers(T), ids, logits)
         self.lengths[slot] = T
         return logits[0]
 
@@ -100,44 +113,48 @@ class Decoder:
 
 
 class _PrefillArena:
-    """The buffers of a prefill, allocated once for context_length positions (kernels.float32_views); ``buffers(T)``
-    views their first elements in T's shapes (each C-contiguous). One set of layer buffers serves every layer, and
+    """The buffers of a forward over one sequence of up to ``positions`` rows (default: context_length), allocated
+    once (kernels.float32_views); ``buffers(T, rows)`` views their first elements in T's shapes (each C-contiguous),
+    with the final norm's buffers for the last ``rows`` of them. One set of layer buffers serves every layer, and
     the residual stream alternates between two buffers."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, positions: int | None = None):
         self.cfg = cfg
-        layer, once, _ = activation_shapes(cfg, 1, cfg.context_length)
+        layer, once, _ = activation_shapes(cfg, 1, positions or cfg.context_length)
         flat = {name: (math.prod(shape),) for name, shape in {**layer, **once}.items()}
         self._flat = K.float32_views([flat])[0]
         self._cached = None
 
-    def buffers(self, T: int) -> dict:
-        if self._cached is not None and self._cached[0] == T:
+    def buffers(self, T: int, rows: int = 1) -> dict:
+        if self._cached is not None and self._cached[0] == (T, rows):
             return self._cached[1]
         layer, once, _ = activation_shapes(self.cfg, 1, T)
         view = lambda name, shape: self._flat[name][:math.prod(shape)].reshape(shape)
         la = {name: view(name, shape) for name, shape in layer.items()}
         ring = [view("res0", once["res0"]), view("res", layer["res"])]
-        C = self.cfg.d_model
         b = {"layers": [la] * self.cfg.n_layers, "res": [ring[i % 2] for i in range(self.cfg.n_layers + 1)],
-             "lnf": view("lnf", (1, C)), "lnf_mean": view("lnf_mean", (1,)), "lnf_rstd": view("lnf_rstd", (1,))}
-        self._cached = (T, b)
+             **{name: view(name, (rows, *once[name][1:])) for name in ("lnf", "lnf_mean", "lnf_rstd") if name in once}}
+        self._cached = ((T, rows), b)
         return b
 
 
-class _PrefillRun:
-    """``blocks.gpt2_forward``'s executor for one prompt of T tokens in cache slot ``slot``: packed (or GEMM) linear
-    layers with the residual add and GELU as separate kernels (the bits of the training GEMM's fused epilogues),
-    attention that first stores each layer's keys and values, logits for the last position only."""
+class _PackedRun:
+    """What prefill and the llama decode step share: packed (or GEMM) linear layers with the residual add and GELU
+    as separate kernels (the bits of the training GEMM's fused epilogues), the norms, the rotary embedding at each
+    row's position ``pos`` and SwiGLU."""
 
-    def __init__(self, caches, slot: int, T: int, n_heads: int, nt: int):
-        self.caches, self.slot, self.T, self.n_heads, self.nt = caches, slot, T, n_heads, nt
+    def __init__(self, decoder, pos):
+        self.n_heads, self.nt, self.pos = decoder.config.n_heads, decoder.num_threads, pos
+        self.eps, (self.cos, self.sin) = decoder.config.norm_eps, decoder._rope or (None, None)
 
     def embedding(self, idx, wte, wpe, out):
-        K.embedding_forward(idx, wte, wpe, out=out.reshape(1, self.T, -1), num_threads=self.nt)
+        K.embedding_forward(idx, wte, wpe, out=out.reshape(*idx.shape, -1), num_threads=self.nt)
 
     def layernorm(self, x, w, out, mean, rstd):
         K.layernorm_forward(x, w[0], w[1], out=out, mean=mean, rstd=rstd, num_threads=self.nt)
+
+    def rmsnorm(self, x, w, out, rstd):
+        K.rmsnorm_forward(x, w, eps=self.eps, out=out, rstd=rstd, num_threads=self.nt)
 
     def linear(self, x, w, out, residual=None, gelu_out=None):
         y = w.forward(x.reshape(-1, x.shape[-1]), out=out.reshape(-1, out.shape[-1]), num_threads=self.nt)
@@ -146,6 +163,23 @@ class _PrefillRun:
         if gelu_out is not None:
             K.gelu_forward(y, out=gelu_out, num_threads=self.nt)
 
+    def qk_rotary(self, qkv_in, norms, qkv, rstd):
+        q_norm, k_norm = norms or (None, None)
+        K.qk_rotary_forward(qkv_in, self.n_heads, self.pos, self.cos, self.sin, q_norm=q_norm, k_norm=k_norm,
+                            eps=self.eps, out=qkv.reshape(qkv_in.shape), rstd=rstd, num_threads=self.nt)
+
+    def swiglu(self, gu, out):
+        K.swiglu_forward(gu, out=out, num_threads=self.nt)
+
+
+class _PrefillRun(_PackedRun):
+    """The executor for one prompt of T tokens in cache slot ``slot``: attention that first stores each layer's
+    keys and values, logits for the last position only."""
+
+    def __init__(self, decoder, slot: int, T: int):
+        super().__init__(decoder, np.arange(T, dtype=np.int32))
+        self.caches, self.slot, self.T = decoder._caches, slot, T
+
     def attention(self, layer, qkv, out, lse):
         kcache, vcache = self.caches[layer]
         K.attention_cache_store(qkv.reshape(self.T, -1), kcache, vcache, self.slot, num_threads=self.nt)
@@ -153,3 +187,39 @@ class _PrefillRun:
 
     def logits_rows(self, x):
         return x[-1:]
+
+
+class _DecodeRun(_PackedRun):
+    """The executor for a decode step of M rows (llama): row m is the next token of the sequence in cache slot
+    slot[m], at position pos[m]; attention stores its k and v there and attends over the slot's cache."""
+
+    def __init__(self, decoder, slot, pos):
+        super().__init__(decoder, pos)
+        self.caches, self.slot = decoder._caches, slot
+
+    def attention(self, layer, qkv, out, lse):
+        kcache, vcache = self.caches[layer]
+        K.attention_decode(qkv.reshape(len(self.pos), -1), kcache, vcache, self.slot, self.pos,
+                           out=out.reshape(len(self.pos), -1), num_threads=self.nt)
+
+    def logits_rows(self, x):
+        return x
+
+
+class _DecodeStep:
+    """A decode step as the architecture's forward description over the step's rows (kernels.GptDecodeStep's
+    interface: ``step(ids, slots, positions, num_threads) -> logits [M, V]``, a view overwritten by the next)."""
+
+    def __init__(self, decoder, max_rows: int):
+        self.decoder, cfg = decoder, decoder.config
+        arena = _PrefillArena(cfg, max_rows)
+        self._buffers = {M: dict(arena.buffers(M, M)) for M in range(1, max_rows + 1)}  # views of one arena
+        self._logits = np.empty((max_rows, cfg.vocab_size), np.float32)
+
+    def __call__(self, ids, slots, positions, *, num_threads=None):
+        M = len(ids)
+        d = self.decoder
+        run = _DecodeRun(d, np.array(slots, np.int32), np.array(positions, np.int32))
+        logits = self._logits[:M]
+        d._arch.forward(run, d._weights, self._buffers[M], np.array(ids, np.int32).reshape(1, M), logits)
+        return logits

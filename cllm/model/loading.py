@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ..formats.container import Container, FormatError, open_container
 from ..tokenizer import Tokenizer
-from .checkpoint import ARCHITECTURE, OPTIMIZER_TENSORS
-from .config import ModelConfig
-from .gpt import Model
-from .parameters import parameter_layout
+from .checkpoint import OPTIMIZER_TENSORS
+from .config import ARCHS, ModelConfig
+from .language_model import Model
+from .parameters import parameter_layout, parameter_shapes
 
 __all__ = ["CllmFile", "FormatError", "load", "read"]
 
@@ -72,19 +72,23 @@ def _sizes(layout: dict) -> dict[str, tuple[int, int]]:
 def _model_config(c: Container) -> ModelConfig:
     model = c.get(c.header, "model", dict, "header")
     architecture = c.get(model, "architecture", str, "header.model")
-    if architecture != ARCHITECTURE:
-        c.fail(f"header.model.architecture {architecture!r} is not {ARCHITECTURE!r}")
+    if architecture not in ARCHS:
+        c.fail(f"header.model.architecture {architecture!r} is not one of {ARCHS}")
     fields = c.get(model, "config", dict, "header.model")
+    if fields.get("arch", architecture) != architecture:
+        c.fail(f"header.model.config.arch {fields['arch']!r} is not header.model.architecture {architecture!r}")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     try:
-        config = ModelConfig(**{k: v for k, v in fields.items() if k in known})
+        config = ModelConfig(**{k: v for k, v in fields.items() if k in known} | {"arch": architecture})
     except (TypeError, ValueError) as e:
         c.fail(f"header.model.config: {e}")
     # The parameter count is a formula: check it against the file before building a layout of that size.
-    n_tensors = len(c.tensors)
-    if 4 * config.n_params > c.data_nbytes or 12 * config.n_layers + 4 > n_tensors:
-        c.fail(f"header.model.config {config.to_dict()} needs {config.n_params} parameters in "
-               f"{12 * config.n_layers + 4} tensors; the file has {c.data_nbytes} bytes in {n_tensors}")
+    if 4 * config.n_params > c.data_nbytes:
+        c.fail(f"header.model.config {config.to_dict()} needs {config.n_params} parameters; the file has "
+               f"{c.data_nbytes} bytes")
+    n_tensors, needed = len(c.tensors), len(parameter_shapes(config))  # at most one tensor per 4 bytes, now
+    if needed > n_tensors:
+        c.fail(f"header.model.config {config.to_dict()} needs {needed} tensors; the file has {n_tensors}")
     return config
 
 

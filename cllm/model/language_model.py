@@ -1,15 +1,13 @@
-"""The GPT model: one flat float32 parameter buffer, forward and backward as a sequence of kernel calls.
+"""The language model: one flat float32 parameter buffer, forward and backward as a sequence of kernel calls.
 
-Architecture (GPT-2): token + learned position embedding; L blocks of x += attn(ln_1(x)); x += mlp(ln_2(x));
-ln_f; logits = x · wteᵀ (the output head is tied to the token embedding). Every op is a kernel reached through
-``cllm.kernels`` (ARCHITECTURE.md "Backends"), so a GPU backend can replace them without touching this file.
-Shapes: B batch, T positions, C = d_model, NH heads, H = mlp_ratio·C, V vocabulary, BT = B·T.
+The architecture (``config.arch``: GPT-2 or Llama) is described in ``cllm.model.arch``; this file runs it. Every op
+is a kernel reached through ``cllm.kernels`` (ARCHITECTURE.md "Backends"), so a GPU backend can replace them without
+touching this file. Shapes: B batch, T positions, C = d_model, NH heads, H the MLP width, V vocabulary, BT = B·T.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import defaultdict
 
@@ -18,25 +16,26 @@ import numpy as np
 from . import checkpoint
 from . import generate as _generate
 from .. import kernels as K
-from .blocks import GPT2_LAYER, gpt2_forward
+from .arch import architecture
 from .config import ModelConfig
-from .parameters import activation_shapes, is_decayed, memory_estimate, parameter_layout
+from .parameters import activation_shapes, is_decayed, memory_estimate, parameter_layout, parameter_views
 from ..runtime.threads import get_num_threads
 
 __all__ = ["Model"]
 
 
 class Model:
-    """A GPT-2 style language model whose parameters live in one contiguous float32 buffer (``params``), with
-    gradients in a second one of the same layout (``grad_buffer``)."""
+    """A language model (``config.arch``: "gpt2" or "llama") whose parameters live in one contiguous float32 buffer
+    (``params``), with gradients in a second one of the same layout (``grad_buffer``)."""
 
     def __init__(self, config: ModelConfig, seed: int = 0, *, params: np.ndarray | None = None):
-        """A new model with GPT-2's initialisation from ``seed``; or, with ``params``, a model over that existing
+        """A new model with its architecture's initialisation from ``seed``; or, with ``params``, a model over that existing
         flat float32 buffer (laid out as ``parameter_layout(config)``, used without a copy: how ``cllm.load``
         maps a file)."""
         if not isinstance(config, ModelConfig):
             raise TypeError(f"Model: config must be a cllm.ModelConfig (got {type(config).__name__})")
         self.config = config
+        self._arch = architecture(config)
         self.tokenizer = None
         self.training_summary: dict = {}  # what the trainer reports about this model's training; saved with it
         self._layout, size = parameter_layout(config)
@@ -47,54 +46,35 @@ class Model:
                              f"(got {params.dtype} {list(params.shape)})")
         else:
             self.params = params
-        self._p = self._views(self.params)
-        self._weights = self._weight_table()
+        self._p, self._weights = self._views(self.params)
         self._grad_buffer = None  # allocated by the first backward: inference never needs it
         if params is None:
-            self._init_weights(seed)
+            self._arch.init_weights(self._p, config, np.random.default_rng(seed))
+        # llama's rotary tables: cos, sin [context_length, head_dim / 2]
+        self._rope = K.rope_table(config.context_length, config.head_dim, config.rope_theta) \
+            if config.arch == "llama" else None
         self._acts = None  # activation buffers for the last (B, T), reused while it stays the same
         self.profile = None  # {op: seconds} while profiling() is active
 
     # --- parameters ---------------------------------------------------------------------------------------
 
-    def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: flat[o:o + math.prod(shape)].reshape(shape) for name, (o, shape) in self._layout.items()}
-
-    def _weight_table(self) -> dict:
-        """The weights as ``blocks.gpt2_forward`` names them: (weight, bias) views of the parameter buffer."""
-        p = self._p
-        pair = lambda name: (p[name + ".weight"], p[name + ".bias"])
-        return {"wte": p["transformer.wte.weight"], "wpe": p["transformer.wpe.weight"],
-                "ln_f": pair("transformer.ln_f"), "head": (p["transformer.wte.weight"], None),  # the tied head
-                "layers": [{name: pair(f"transformer.h.{i}.{name}") for name in GPT2_LAYER}
-                           for i in range(self.config.n_layers)]}
+    def _views(self, flat: np.ndarray) -> tuple[dict, dict]:
+        """(state-dict views, the architecture's weight table) of a flat buffer of this model's layout."""
+        views, stacks = parameter_views(self.config, flat, self._layout)
+        return views, self._arch.weight_table({**views, **stacks}, self.config)
 
     @property
     def grad_buffer(self) -> np.ndarray:
         """The gradients, in the layout of ``params`` (allocated on first use)."""
         if self._grad_buffer is None:
             self._grad_buffer = np.zeros_like(self.params, subok=False)
-            self._g = self._views(self._grad_buffer)
+            self._g, self._gweights = self._views(self._grad_buffer)
         return self._grad_buffer
 
     @property
     def layout(self) -> dict[str, tuple[int, tuple]]:
         """name -> (offset in elements into ``params``, shape), in buffer order."""
         return dict(self._layout)
-
-    def _init_weights(self, seed: int) -> None:
-        """N(0, 0.02) for matrices and embeddings, N(0, 0.02/√(2L)) for the residual projections (c_proj),
-        biases 0, LayerNorm weights 1 (GPT-2's initialisation)."""
-        rng = np.random.default_rng(seed)
-        proj_std = 0.02 / math.sqrt(2 * self.config.n_layers)
-        for name, view in self._p.items():
-            if name.endswith(".bias"):
-                view[...] = 0.0
-            elif "ln_" in name:
-                view[...] = 1.0
-            else:
-                std = proj_std if name.endswith("c_proj.weight") else 0.02
-                view[...] = rng.standard_normal(view.shape, dtype=np.float32) * np.float32(std)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Views into the parameter buffer, by name (writing to them changes the model)."""
@@ -160,6 +140,7 @@ class Model:
         *layers, once, scratch = K.float32_views([layer] * self.config.n_layers + [once, scratch])
         self._acts = {"shape": (B, T), "layers": layers, **once, **scratch}
         self._acts["res"] = [self._acts["res0"]] + [la["res"] for la in layers]  # the residual stream, by block
+        self._acts["pos"] = np.tile(np.arange(T, dtype=np.int32), B)  # each row's position (rotary embeddings)
         return self._acts
 
     def _op(self, name: str, fn, *args, **kwargs):
@@ -181,8 +162,9 @@ class Model:
             self.profile = None
 
     def _forward(self, idx: np.ndarray, logits: np.ndarray, nt: int) -> None:
-        """The forward pass (blocks.gpt2_forward) on the activation arena, keeping what the backward needs."""
-        gpt2_forward(_TrainingRun(self, idx.shape, nt), self._weights, self._acts, idx, logits)
+        """The forward pass (the architecture's ``forward``) on the activation arena, keeping what the backward
+        needs."""
+        self._arch.forward(_TrainingRun(self, idx.shape, nt), self._weights, self._acts, idx, logits)
 
     def forward(self, idx) -> np.ndarray:
         """Logits [B, T, V] (float32, a new array) for token ids idx [B, T] (any integer dtype)."""
@@ -239,37 +221,7 @@ class Model:
 
     def _backward(self, idx: np.ndarray, nt: int) -> None:
         """Gradients from the logits' gradient (left in a["logits"] by the cross-entropy), in exact reverse."""
-        B, T = idx.shape
-        a, p, g, op = self._acts, self._p, self._g, self._op
-        C = self.config.d_model
-        dres, dtmp = a["dres"], a["dtmp"]
-        op("linear_backward", K.linear_backward, a["logits"], a["lnf"], p["transformer.wte.weight"], dx=dtmp,
-           dw=g["transformer.wte.weight"], bias=False, accumulate=True, num_threads=nt)
-        dres.fill(0.0)
-        op("layernorm_backward", K.layernorm_backward, dtmp, a["res"][-1], p["transformer.ln_f.weight"],
-           a["lnf_mean"], a["lnf_rstd"], dres, g["transformer.ln_f.weight"], g["transformer.ln_f.bias"],
-           num_threads=nt)
-        for i in reversed(range(self.config.n_layers)):  # dres: the gradient of the residual stream
-            w, la = f"transformer.h.{i}.", a["layers"][i]
-            op("linear_backward", K.linear_backward, dres, la["fcg"], p[w + "mlp.c_proj.weight"], dx=a["dfc"],
-               dw=g[w + "mlp.c_proj.weight"], db=g[w + "mlp.c_proj.bias"], accumulate=True, gelu_x=la["fch"],
-               num_threads=nt)  # dfc: the gradient of fch, through the GELU
-            op("linear_backward", K.linear_backward, a["dfc"], la["ln2"], p[w + "mlp.c_fc.weight"], dx=dtmp,
-               dw=g[w + "mlp.c_fc.weight"], db=g[w + "mlp.c_fc.bias"], accumulate=True, num_threads=nt)
-            op("layernorm_backward", K.layernorm_backward, dtmp, la["res2"], p[w + "ln_2.weight"], la["ln2_mean"],
-               la["ln2_rstd"], dres, g[w + "ln_2.weight"], g[w + "ln_2.bias"], num_threads=nt)
-            op("linear_backward", K.linear_backward, dres, la["atty"].reshape(B * T, C), p[w + "attn.c_proj.weight"],
-               dx=dtmp, dw=g[w + "attn.c_proj.weight"], db=g[w + "attn.c_proj.bias"], accumulate=True,
-               num_threads=nt)
-            op("attention_backward", K.attention_backward, dtmp.reshape(B, T, C), la["qkv"], la["atty"], la["lse"],
-               dqkv=a["dqkv"], num_threads=nt)
-            op("linear_backward", K.linear_backward, a["dqkv"].reshape(B * T, 3 * C), la["ln1"],
-               p[w + "attn.c_attn.weight"], dx=dtmp, dw=g[w + "attn.c_attn.weight"], db=g[w + "attn.c_attn.bias"],
-               accumulate=True, num_threads=nt)
-            op("layernorm_backward", K.layernorm_backward, dtmp, a["res"][i], p[w + "ln_1.weight"], la["ln1_mean"],
-               la["ln1_rstd"], dres, g[w + "ln_1.weight"], g[w + "ln_1.bias"], num_threads=nt)
-        op("embedding_backward", K.embedding_backward, dres.reshape(B, T, C), idx, g["transformer.wte.weight"],
-           g["transformer.wpe.weight"], num_threads=nt)
+        self._arch.backward(_TrainingRun(self, idx.shape, nt), self._weights, self._gweights, self._acts, idx)
 
     # --- generation (cllm/model/generate.py) ------------------------------------------------------------------
 
@@ -307,11 +259,15 @@ def _rows(a: np.ndarray) -> np.ndarray:
 
 
 class _TrainingRun:
-    """``blocks.gpt2_forward``'s executor for training and evaluation: kernels over a step's activation arena
-    (fused residual and GELU epilogues in the GEMMs), each call timed by its kernel's name while profiling."""
+    """The architectures' executor for training and evaluation (``cllm.model.arch``): kernels over a step's
+    activation arena (fused residual and GELU epilogues in the GEMMs), each call timed by its kernel's name while
+    profiling. The backward uses its ``op``, ``nt``, and the rotary tables and positions."""
 
     def __init__(self, model: Model, shape: tuple, nt: int):
         self.op, self.shape, self.nt, self.n_heads = model._op, shape, nt, model.config.n_heads
+        self.eps = model.config.norm_eps
+        self.pos = model._acts["pos"]
+        self.cos, self.sin = model._rope or (None, None)
 
     def embedding(self, idx, wte, wpe, out):
         self.op("embedding_forward", K.embedding_forward, idx, wte, wpe, out=out.reshape(*self.shape, -1),
@@ -321,12 +277,23 @@ class _TrainingRun:
         self.op("layernorm_forward", K.layernorm_forward, x, w[0], w[1], out=out, mean=mean, rstd=rstd,
                 num_threads=self.nt)
 
+    def rmsnorm(self, x, w, out, rstd):
+        self.op("rmsnorm_forward", K.rmsnorm_forward, x, w, eps=self.eps, out=out, rstd=rstd, num_threads=self.nt)
+
     def linear(self, x, w, out, residual=None, gelu_out=None):
         self.op("linear_forward", K.linear_forward, _rows(x), w[0], w[1], out=_rows(out), residual=residual,
                 gelu_out=gelu_out, num_threads=self.nt)
 
+    def qk_rotary(self, qkv_in, norms, qkv, rstd):
+        q_norm, k_norm = norms or (None, None)
+        self.op("qk_rotary_forward", K.qk_rotary_forward, qkv_in, self.n_heads, self.pos, self.cos, self.sin,
+                q_norm=q_norm, k_norm=k_norm, eps=self.eps, out=_rows(qkv), rstd=rstd, num_threads=self.nt)
+
     def attention(self, layer, qkv, out, lse):
         self.op("attention_forward", K.attention_forward, qkv, self.n_heads, out=out, lse=lse, num_threads=self.nt)
+
+    def swiglu(self, gu, out):
+        self.op("swiglu_forward", K.swiglu_forward, gu, out=out, num_threads=self.nt)
 
     def logits_rows(self, x):
         return x
