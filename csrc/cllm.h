@@ -193,7 +193,8 @@ int cllm_crossentropy_forward_backward(float *logits, const int32_t *targets, fl
 int cllm_sum_squares(const float *x, int64_t n, double *out, int num_threads);
 /* One AdamW step over flat buffers p, g, m, v (n), PyTorch's formula with g scaled by grad_scale (clipping):
  *   m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²;  p -= lr·wd·p (decayed segments);  p -= (lr/bc1)·m/(√v/√bc2 + eps)
- * Segment s is [seg_start[s], seg_start[s+1]) (seg_start has nseg+1 entries); decay[s] says if it is decayed. */
+ * Segment s is [seg_start[s], seg_start[s+1]) (seg_start has nseg+1 entries); decay[s] is 1 if it is decayed, 0 if
+ * not, 2 if AdamW leaves it alone (Muon's matrices). */
 int cllm_adamw_step(float *p, const float *g, float *m, float *v, int64_t n, const int64_t *seg_start,
                     const uint8_t *decay, int64_t nseg, float lr, float beta1, float beta2, float eps,
                     float weight_decay, float bc1, float bc2, float grad_scale, int num_threads);

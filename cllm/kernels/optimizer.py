@@ -21,8 +21,9 @@ def adamw_step(p, g, m, v, seg_start, decay, *, lr, beta1, beta2, eps, weight_de
                num_threads=None) -> None:
     """One AdamW step (PyTorch's formula) over flat float32 buffers p, g, m, v [n], in place.
 
-    Segment s = [seg_start[s], seg_start[s+1]) is weight-decayed iff decay[s]; step (>= 1) sets the bias
-    corrections; g is multiplied by grad_scale first (gradient clipping).
+    Segment s = [seg_start[s], seg_start[s+1]) is weight-decayed if decay[s] == 1, not if 0, and left alone if 2
+    (another optimizer's: Muon's matrices); step (>= 1) sets the bias corrections; g is multiplied by grad_scale
+    first (gradient clipping).
     """
     fn = "adamw_step"
     check(fn, "p", p, (None,), writeable=True)
@@ -32,6 +33,8 @@ def adamw_step(p, g, m, v, seg_start, decay, *, lr, beta1, beta2, eps, weight_de
         check(fn, name, a, (n,), writeable=True)
     check(fn, "decay", decay, (None,), dtype=np.uint8)
     check(fn, "seg_start", seg_start, (decay.shape[0] + 1,), dtype=np.int64)
+    if decay.size and decay.max() > 2:
+        raise ValueError(f"{fn}: decay must hold 0 (no decay), 1 (decay) or 2 (skip) per segment")
     if seg_start[0] != 0 or seg_start[-1] != n or np.any(np.diff(seg_start) < 0):
         raise ValueError(f"{fn}: seg_start must rise from 0 to n = {n}")
     if step < 1:

@@ -21,7 +21,7 @@ OPTIMIZER_TENSORS = ("optimizer.m", "optimizer.v")
 def save(path, model, *, optimizer=None, trainer_state: dict | None = None) -> Path:
     """Write ``model`` (and, for a checkpoint, ``optimizer`` and ``trainer_state``) to ``path`` atomically."""
     if optimizer is not None and getattr(optimizer, "model", None) is not model:
-        raise ValueError("save: optimizer must be a cllm.optim.AdamW of this model")
+        raise ValueError("save: optimizer must be a cllm.optim.AdamW or Muon of this model")
     if trainer_state is not None and not isinstance(trainer_state, dict):
         raise TypeError(f"save: trainer_state must be a dict (got {type(trainer_state).__name__})")
     header: dict = {"model": {"architecture": model.config.arch, "config": model.config.to_dict()},
@@ -32,9 +32,8 @@ def save(path, model, *, optimizer=None, trainer_state: dict | None = None) -> P
     if optimizer is not None:
         regions += [(array, {name: (0, array.shape)}) for name, array in zip(OPTIMIZER_TENSORS,
                                                                                (optimizer.m, optimizer.v))]
-        checkpoint["optimizer"] = {"type": "AdamW", "step": optimizer.step_count, "hyperparameters": {
-            "lr": optimizer.lr, "betas": list(optimizer.betas), "eps": optimizer.eps,
-            "weight_decay": optimizer.weight_decay, "grad_clip": optimizer.grad_clip}}
+        checkpoint["optimizer"] = {"type": optimizer.kind, "step": optimizer.step_count,
+                                   "hyperparameters": optimizer.hyperparameters()}
     if trainer_state is not None:
         checkpoint["trainer"] = trainer_state
     if checkpoint:

@@ -107,8 +107,8 @@ def _optimizer(c: Container, n_flat: int) -> dict | None:
     if state is None:
         return None
     where = "header.checkpoint.optimizer"
-    if c.get(state, "type", str, where) != "AdamW":
-        c.fail(f"{where}.type must be 'AdamW' (got {state['type']!r})")
+    if c.get(state, "type", str, where) not in ("AdamW", "Muon"):
+        c.fail(f"{where}.type must be 'AdamW' or 'Muon' (got {state['type']!r})")
     step = c.integer(state, "step", where)
     hyper = c.get(state, "hyperparameters", dict, where)
     for name in OPTIMIZER_TENSORS:
@@ -116,7 +116,7 @@ def _optimizer(c: Container, n_flat: int) -> dict | None:
         if t is None or t["dtype"] != "float32" or t["shape"] != [n_flat]:
             c.fail(f"header.tensors[{name!r}] must be float32 [{n_flat}] in a checkpoint with an optimizer "
                    f"(got {t and (t['dtype'], t['shape'])})")
-    return {"step": step, "hyperparameters": hyper}
+    return {"type": state["type"], "step": step, "hyperparameters": hyper}
 
 
 def _tokenizer(c: Container, config: ModelConfig):

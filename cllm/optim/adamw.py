@@ -44,6 +44,13 @@ class AdamW:
         self.step_count = 0
         self._segments = model.decay_segments()
 
+    kind = "AdamW"
+
+    def hyperparameters(self) -> dict:
+        """What a checkpoint records of this optimizer's settings."""
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
+                "grad_clip": self.grad_clip}
+
     def grad_norm(self) -> float:
         """The global L2 norm of the model's current gradients."""
         return math.sqrt(K.sum_squares(self.model.grad_buffer, num_threads=get_num_threads()))

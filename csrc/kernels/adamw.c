@@ -71,6 +71,7 @@ int ISA_FN(cllm_adamw_step)(float *p, const float *g, float *m, float *v, int64_
         int64_t s = 0; /* the first segment that ends after c0 */
         while (s < nseg && seg_start[s + 1] <= c0) s++;
         for (; s < nseg && seg_start[s] < c1; s++) {
+            if (decay[s] > 1) continue; /* another optimizer's segment */
             int64_t i0 = cllm_max(c0, seg_start[s]), i1 = cllm_min(c1, seg_start[s + 1]);
             adamw_range(p, g, m, v, i0, i1, beta1, beta2, eps, decay[s] ? decayed : 1.0f, step_size, inv_sqrt_bc2,
                         grad_scale);
