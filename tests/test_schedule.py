@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import cllm
 from cllm import optim
 from cllm.optim import SCHEDULES, lr_at
 
@@ -284,4 +285,32 @@ def test_step_past_max_steps_is_valid_and_keyword_only():
 
 def test_module_layout():
     assert SCHEDULES == ("cosine", "linear", "constant", "wsd")
-    assert "lr_at" in optim.__all__ and "AdamW state and the learning-rate schedules" in optim.__doc__
+    assert "lr_at" in optim.__all__ and "the learning-rate schedules" in optim.__doc__
+
+
+def test_seq_len_schedule():
+    from cllm.train.batches import seq_len_at, split_windows
+
+    lengths = [seq_len_at(p / 100, 512, 64, 0.6) for p in range(100)]
+    assert lengths[:20] == [64] * 20 and lengths[20:40] == [128] * 20 and lengths[40:60] == [256] * 20
+    assert lengths[60:] == [512] * 40 and lengths == sorted(lengths)
+    assert seq_len_at(0.3, 512, None, 0.6) == 512 and seq_len_at(0.0, 512, 512, 0.5) == 512
+    assert seq_len_at(0.99, 512, 64, 1.0) == 256 and seq_len_at(1.0, 512, 64, 1.0) == 512
+    x = np.arange(2 * 8, dtype=np.int32).reshape(2, 8)
+    xs, ys = split_windows(x, x + 1, 4)
+    assert xs.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert np.array_equal(ys, xs + 1)
+
+
+def test_train_config_new_options():
+    from cllm import TrainConfig
+
+    with pytest.raises(ValueError, match="seq_len_start must be seq_len / 2"):
+        TrainConfig(seq_len=512, seq_len_start=96)
+    with pytest.raises(ValueError, match="optimizer must be 'adamw' or 'muon'"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="qk_norm is an option of arch='llama'"):
+        TrainConfig(qk_norm=True)
+    with pytest.raises(ValueError, match="arch is the ModelConfig's to say"):
+        TrainConfig(model=cllm.ModelConfig.preset("tiny"), arch="llama")
+    assert TrainConfig(arch="llama", qk_norm=True, optimizer="muon", seq_len_start=64).seq_len_warmup == 0.5

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import cllm
+from cllm.train.batches import seq_len_at
 from cllm.cli import main as cli
 from cllm.tokenizer.stage import tokenize_corpus
 
@@ -156,6 +157,31 @@ def test_sigkilled_run_resumes_bitwise(tokens, tmp_path):
     steps = [json.loads(x)["step"] for x in (interrupted.parent / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["type"] == "step"]
     assert steps == list(range(1, planned + 1)), "metrics.jsonl has each step once after the resumes"
+
+
+def test_llama_muon_length_schedule_resumes_bitwise(tokens, tmp_path):
+    """llama with QK-norm, Muon and a sequence-length schedule (8, 16, then 32 tokens): SIGKILLed twice, once in
+    the short windows and once after, resumed with other thread counts, it ends with the weights of a run never
+    stopped; the metrics show the lengths the schedule gives."""
+    def args(out):
+        return {**{k: v for k, v in RUN.items() if k != "model"}, "model": "tiny", "arch": "llama", "qk_norm": True,
+                "optimizer": "muon", "seq_len_start": 8, "seq_len_warmup": 0.6, "data": str(tokens), "epochs": 6,
+                "checkpoint_every": 5, "output": str(out)}
+
+    reference = tmp_path / "reference" / "m.cllm"
+    assert run_worker(args(reference), threads=2) == 0
+    records = [json.loads(x) for x in (reference.parent / "metrics.jsonl").read_text().splitlines()]
+    planned = steps_done(reference.parent)
+    lengths = [r["seq_len"] for r in records if r["type"] == "step"]
+    expect = [seq_len_at(s / planned, 32, 8, 0.6) for s in range(planned)]
+    assert lengths == expect and set(lengths) == {8, 16, 32}
+    f = cllm.model.read(reference)
+    assert f.model.config.arch == "llama" and f.model.config.qk_norm
+    interrupted = tmp_path / "interrupted" / "m.cllm"
+    for target, nt in ((planned // 4, 1), (3 * planned // 4, 3)):
+        assert run_worker(args(interrupted), threads=nt, kill_at_step=target) == -9
+    assert run_worker(args(interrupted), threads=4) == 0
+    np.testing.assert_array_equal(weights(interrupted), weights(reference))
 
 
 def test_sigint_writes_a_checkpoint_and_resume_finishes_the_same(tokens, tmp_path):

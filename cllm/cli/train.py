@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from ..model.config import PRESETS, ModelConfig
+from ..model.config import ARCHS, PRESETS, ModelConfig
 from ..optim.schedules import SCHEDULES
 from ..pipeline import PipelineOptions, pipeline, print_summary
 from ..train.config import TrainConfig
@@ -27,8 +27,8 @@ def add_parsers(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a GPT on token shards (the output of cllm tokenize)",
-                       description="Train a GPT-2 style model on the token shards in --data, with warmup + cosine "
+    p = sub.add_parser("train", help="train a language model on token shards (the output of cllm tokenize)",
+                       description="Train a GPT-2 or Llama style model on the token shards in --data, with warmup + cosine "
                                    "learning rate, checkpoints every so often (resumed automatically), metrics.jsonl, "
                                    "and report.md + loss.png beside --output. Under mpiexec -n R the R ranks train "
                                    "data-parallel (docs/distributed.md).")
@@ -37,6 +37,9 @@ def _add_train(sub) -> None:
     p.add_argument("--output", default=c.output, metavar="FILE", help="the trained model (default: %(default)s)")
     p.add_argument("--model", choices=tuple(PRESETS), default=c.model,
                    help="preset size (vocabulary from the data, context = --seq-len; default: %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default=c.arch, help="the preset's architecture (default: %(default)s)")
+    p.add_argument("--qk-norm", action="store_true", help="llama: RMSNorm over each head of q and k (Qwen3's)")
+    p.add_argument("--untied", action="store_true", help="llama: an output head of its own, not the embedding")
     p.add_argument("--config", metavar="JSON", help="a JSON file of ModelConfig fields instead of --model")
     p.add_argument("--threads", type=positive_int, default=c.num_threads,
                    help="kernel threads (default: the usable CPUs; under mpiexec, this rank's share of its node's)")
@@ -52,6 +55,15 @@ def _add_train(sub) -> None:
     p.add_argument("--min-lr", type=float, default=c.min_lr, help="default: lr / 10")
     p.add_argument("--warmup", type=int, default=c.warmup, help="steps (default: 5%% of the run, at most 1000)")
     p.add_argument("--schedule", choices=SCHEDULES, default=c.schedule, help="default: %(default)s")
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default=c.optimizer,
+                   help="muon: Muon for the hidden matrices at --muon-lr, AdamW at --lr for the rest "
+                        "(default: %(default)s)")
+    p.add_argument("--muon-lr", type=positive_float, default=c.muon_lr, help="default: %(default)s")
+    p.add_argument("--seq-len-start", type=positive_int, default=c.seq_len_start, metavar="N",
+                   help="train on sequences of N tokens first, doubling up to --seq-len (default: --seq-len "
+                        "throughout)")
+    p.add_argument("--seq-len-warmup", type=float, default=c.seq_len_warmup, metavar="FRACTION",
+                   help="the fraction of the run the lengths take to reach --seq-len (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=c.weight_decay, help="default: %(default)s")
     p.add_argument("--grad-clip", type=float, default=c.grad_clip, help="0 disables clipping (default: %(default)s)")
     p.add_argument("--eval-every", type=positive_int, default=c.eval_every,
@@ -84,8 +96,10 @@ def _train(args) -> int:
     options = {k: getattr(args, k) for k in (
         "batch_size", "seq_len", "epochs", "max_steps", "lr", "min_lr", "warmup", "schedule", "weight_decay",
         "micro_batch", "eval_every", "eval_tokens", "patience", "checkpoint_every", "keep_checkpoints", "output",
-        "resume", "seed")}
+        "resume", "seed", "optimizer", "muon_lr", "seq_len_start", "seq_len_warmup")}
     options["model"] = _model(args)
+    if not args.config:
+        options.update(arch=args.arch, qk_norm=args.qk_norm, tie_embeddings=not args.untied)
     options["time_budget"] = None if args.time_budget is None else args.time_budget * 60
     options["grad_clip"] = args.grad_clip or None  # 0: no clipping
     options["num_threads"] = args.threads

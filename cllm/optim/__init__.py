@@ -1,5 +1,5 @@
-"""Optimisation (public as ``cllm.optim``): AdamW, Muon (for the hidden matrices, AdamW for the rest) and the
-learning-rate schedules.
+"""Optimisation (public as ``cllm.optim``): AdamW, Muon (for the hidden matrices, with AdamW for the rest) and
+the learning-rate schedules.
 
 ``AdamW(model).step(lr=lr_at(step, lr=..., warmup=..., max_steps=...))``; the schedules are pure functions of the
 step, so a resumed run gets the same rate for the same step.

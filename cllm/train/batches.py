@@ -1,10 +1,11 @@
-"""Training windows over token shards: which tokens a step reads, in an order fixed by (seed, epoch)."""
+"""Training windows over token shards: which tokens a step reads, in an order fixed by (seed, epoch); and the
+sequence-length schedule, which cuts each window into shorter sequences early in a run."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Windows"]
+__all__ = ["Windows", "seq_len_at", "split_windows"]
 
 
 class Windows:
@@ -31,3 +32,22 @@ class Windows:
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """Every window once, in an order that depends only on (seed, epoch)."""
         return np.random.default_rng([seed, epoch]).permutation(len(self))
+
+
+def seq_len_at(progress: float, seq_len: int, start: int | None, warmup: float) -> int:
+    """The sequence length at ``progress`` (0..1, the run's fraction done) of a schedule that doubles from
+    ``start`` to ``seq_len``: with n = log2(seq_len / start) doublings, progress p < warmup trains at
+    start·2^floor(n·p / warmup), and p >= warmup at seq_len. ``start`` None: seq_len throughout."""
+    if start is None or progress >= warmup:
+        return seq_len
+    n = (seq_len // start).bit_length() - 1
+    return start << min(n, int(n * max(progress, 0.0) / warmup))
+
+
+def split_windows(x: np.ndarray, y: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows [m, T] as m·T/length sequences [m·T/length, length] (length divides T): the same tokens and
+    targets, so a step's tokens stay the same whatever its length."""
+    m, T = x.shape
+    if length == T:
+        return x, y
+    return x.reshape(m * (T // length), length), y.reshape(m * (T // length), length)

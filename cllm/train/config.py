@@ -17,7 +17,12 @@ class TrainConfig:
     """Everything ``cllm.train`` needs besides the data, with the defaults it documents (docs/training.md).
 
     ``model``: a preset name ("tiny", "mini", "small", "base": its widths and depth, with the vocabulary taken from the
-    data's tokenizer rounded up to a multiple of 64 and context_length = seq_len) or a ModelConfig (used as is).
+    data's tokenizer rounded up to a multiple of 64 and context_length = seq_len; in the architecture ``arch`` with
+    ``qk_norm`` and ``tie_embeddings``) or a ModelConfig (used as is; those three must then be left as they are).
+    ``optimizer``: "adamw" (at ``lr``), or "muon" (Muon at ``muon_lr`` for the hidden matrices, AdamW at ``lr``
+    for the rest; both follow the schedule). ``seq_len_start``: a sequence-length schedule, doubling from this
+    length (a power-of-two fraction of seq_len) to seq_len over the first ``seq_len_warmup`` of the run, each
+    window of seq_len cut into shorter sequences (the same tokens per step); evaluation is always at seq_len.
     ``batch_size`` is the global batch in sequences of ``seq_len`` tokens; ``micro_batch`` (None: chosen to fit
     memory) must divide it. The run ends after ``epochs`` passes over the training windows, or earlier at
     ``max_steps``, after ``time_budget`` seconds, or when the validation loss has not improved for ``patience``
@@ -26,6 +31,9 @@ class TrainConfig:
     """
 
     model: object = "small"
+    arch: str = "gpt2"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
     num_threads: int | None = None
     batch_size: int = 128
     seq_len: int = 512
@@ -36,6 +44,10 @@ class TrainConfig:
     min_lr: float | None = None
     warmup: int | None = None
     schedule: str = "cosine"
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    seq_len_start: int | None = None
+    seq_len_warmup: float = 0.5
     weight_decay: float = 0.1
     grad_clip: float | None = 1.0
     micro_batch: int | None = None
@@ -68,7 +80,8 @@ class TrainConfig:
                              f"(got {self.model!r})")
         for name in ("batch_size", "seq_len", "epochs", "eval_tokens", "keep_checkpoints"):
             integer(name, 1)
-        for name in ("num_threads", "max_steps", "micro_batch", "eval_every", "patience", "checkpoint_every"):
+        for name in ("num_threads", "max_steps", "micro_batch", "eval_every", "patience", "checkpoint_every",
+                     "seq_len_start"):
             integer(name, 1, optional=True)
         integer("warmup", 0, optional=True)
         integer("seed", 0)
@@ -77,6 +90,24 @@ class TrainConfig:
         number("weight_decay", 0)
         number("grad_clip", 0, optional=True, open_low=True)
         number("time_budget", 0, optional=True, open_low=True)
+        number("muon_lr", 0, open_low=True)
+        number("seq_len_warmup", 0)
+        if self.seq_len_warmup > 1:
+            raise ValueError(f"TrainConfig: seq_len_warmup must be a fraction of the run in [0, 1] (got "
+                             f"{self.seq_len_warmup!r})")
+        if self.seq_len_start is not None:
+            ratio = self.seq_len // self.seq_len_start
+            if self.seq_len % self.seq_len_start or ratio & (ratio - 1):
+                raise ValueError(f"TrainConfig: seq_len_start must be seq_len / 2^k (seq_len = {self.seq_len}; got "
+                                 f"{self.seq_len_start})")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"TrainConfig: optimizer must be 'adamw' or 'muon' (got {self.optimizer!r})")
+        if isinstance(self.model, ModelConfig):
+            for name, default in (("arch", "gpt2"), ("qk_norm", False), ("tie_embeddings", True)):
+                if getattr(self, name) != default:
+                    raise ValueError(f"TrainConfig: {name} is the ModelConfig's to say when model is one")
+        else:
+            ModelConfig.preset("tiny", arch=self.arch, qk_norm=self.qk_norm, tie_embeddings=self.tie_embeddings)
         if self.min_lr is not None and self.min_lr > self.lr:
             raise ValueError(f"TrainConfig: min_lr must be <= lr = {self.lr} (got {self.min_lr!r})")
         if self.schedule not in SCHEDULES:

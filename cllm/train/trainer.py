@@ -1,8 +1,9 @@
 """The training loop: ``cllm.train(data, **options) -> TrainResult`` (options: ``cllm.TrainConfig``).
 
-One optimizer step = one global batch of ``batch_size`` windows of ``seq_len`` tokens, split into equal
-micro-batches whose gradients are summed along their sphere tree (``cllm.distributed.GradientSum``); then
-global-norm clipping and AdamW at the scheduled learning rate. Epoch e visits every training window once, in an
+One optimizer step = one global batch of ``batch_size`` windows of ``seq_len`` tokens (cut into shorter sequences
+early in the run under a sequence-length schedule, ``batches.seq_len_at``), split into equal micro-batches whose
+gradients are summed along their sphere tree (``cllm.distributed.GradientSum``); then global-norm clipping and
+AdamW (or Muon with AdamW) at the scheduled learning rate. Epoch e visits every training window once, in an
 order fixed by (seed, e). Everything a step does is a function of the step number and the saved state, and the
 kernels give the same bits for any thread count: a run resumed from a checkpoint, with any thread count, ends
 with the same weights as one that was never stopped.
@@ -32,14 +33,14 @@ from ..formats import FormatError
 from ..model import Model, read
 from ..model.config import PRESETS, ModelConfig
 from ..model.parameters import memory_estimate, parameter_layout
-from ..optim import AdamW, lr_at
+from ..optim import AdamW, Muon, lr_at
 from ..runtime.atomic import atomic_write
 from ..runtime.progress import progress_bar
 from ..runtime.resources import available_memory, cpu_seconds, peak_rss
 from ..runtime.signals import StopSignals
 from ..runtime.threads import threads
 from ..tokenizer.shards import TokenData
-from .batches import Windows
+from .batches import Windows, seq_len_at, split_windows
 from .config import TrainConfig
 from .distributed import GradientSum, world
 from .report import write_report
@@ -50,7 +51,8 @@ __all__ = ["TrainResult", "train"]
 MAX_MICRO_TOKENS = 16_384  # larger micro-batches gain nothing in GEMM efficiency and only cost memory
 MEMORY_FRACTION = 0.8  # of the memory available when training starts
 # Options that must be equal for a resumed run to continue the same computation.
-RESUME_KEYS = ("model", "batch_size", "seq_len", "epochs", "max_steps", "lr", "min_lr", "warmup", "schedule",
+RESUME_KEYS = ("model", "arch", "qk_norm", "tie_embeddings", "batch_size", "seq_len", "epochs", "max_steps", "lr",
+               "min_lr", "warmup", "schedule", "optimizer", "muon_lr", "seq_len_start", "seq_len_warmup",
                "weight_decay", "grad_clip", "seed")
 
 
@@ -137,8 +139,9 @@ class Trainer:
                                  f"tokenizer ({vocab} tokens)")
             return c.model
         _, _, d_model, n_layers, n_heads = PRESETS[c.model]
+        options = {} if c.arch == "gpt2" else {"qk_norm": c.qk_norm, "tie_embeddings": c.tie_embeddings}
         return ModelConfig(vocab_size=-(-vocab // 64) * 64, context_length=c.seq_len, d_model=d_model,
-                           n_layers=n_layers, n_heads=n_heads)
+                           n_layers=n_layers, n_heads=n_heads, arch=c.arch, **options)
 
     def _micro_batch(self) -> int:
         """The largest divisor of batch_size / ranks whose micro-batch fits MAX_MICRO_TOKENS and this rank's
@@ -232,8 +235,11 @@ class Trainer:
                              planned_steps=self.planned, warmup=self.warmup)
         return model, self._optimizer(model), state, None
 
-    def _optimizer(self, model: Model) -> AdamW:
+    def _optimizer(self, model: Model) -> AdamW | Muon:
         c = self.cfg
+        if c.optimizer == "muon":
+            return Muon(model, lr=c.muon_lr, weight_decay=c.weight_decay, adamw_lr=c.lr,
+                        adamw_weight_decay=c.weight_decay, grad_clip=c.grad_clip)
         return AdamW(model, lr=c.lr, weight_decay=c.weight_decay, grad_clip=c.grad_clip)
 
     def _check_resumable(self, path: Path, state: dict) -> None:
@@ -285,14 +291,15 @@ class Trainer:
         tokens = c.batch_size * c.seq_len
         step_start = time.perf_counter()
         lr = self._lr(st.step, self.elapsed())
-        loss = self._gradients(batch)
+        length = seq_len_at(self._progress(st.step, self.elapsed()), c.seq_len, c.seq_len_start, c.seq_len_warmup)
+        loss = self._gradients(batch, length)
         norm = self.opt.step(lr)
         st.step += 1
         st.tokens += tokens
         st.last_loss = loss
         rate, now = tokens / (time.perf_counter() - step_start), self.elapsed()
         _write(metrics, {"type": "step", "step": st.step, "epoch": epoch, "tokens": st.tokens, "loss": loss,
-                         "lr": lr, "grad_norm": norm, "tokens_per_s": rate, "elapsed": now})
+                         "lr": lr, "seq_len": length, "grad_norm": norm, "tokens_per_s": rate, "elapsed": now})
         if st.step % self.steps_per_epoch == 0:
             _write(metrics, {"type": "epoch", "epoch": epoch, "step": st.step, "elapsed": now})
         if c.time_budget is not None:  # the bar's end (and so its ETA) where the budget is expected to end
@@ -313,19 +320,24 @@ class Trainer:
             tokens_per_second=st.tokens / st.elapsed if st.elapsed else 0.0, stopped=stopped,
             resumed_from=resumed_from)
 
-    def _gradients(self, batch) -> float:
-        """The mean loss of the global batch, with its gradient left in the model's grad_buffer on every rank;
-        this rank computes its share of the micro-batches. Losses and gradients are added in a fixed order: the
-        same bits for any rank count."""
+    def _gradients(self, batch, length: int) -> float:
+        """The mean loss of the global batch, its windows cut into sequences of ``length`` tokens, with its
+        gradient left in the model's grad_buffer on every rank; this rank computes its share of the micro-batches.
+        Losses and gradients are added in a fixed order: the same bits for any rank count."""
         model, micro, total = self.model, self.micro, self.gradient_sum
         losses = {}
         for j in total.mine():
-            x, y = self.windows.batch(batch[j * micro:(j + 1) * micro])
+            x, y = split_windows(*self.windows.batch(batch[j * micro:(j + 1) * micro]), length)
             losses[j] = model.forward_backward(x, y, loss_scale=1.0 / total.n)
             total.add(model.grad_buffer)
         total.finish(model.grad_buffer)
         losses = self.world.merge(losses)
         return sum(losses[j] / total.n for j in range(total.n))
+
+    def _progress(self, step: int, elapsed: float) -> float:
+        """The run's fraction done: by steps, or by the time budget when that is further along."""
+        by_time = 0.0 if self.cfg.time_budget is None else elapsed / self.cfg.time_budget
+        return max(step / self.planned, by_time)
 
     def _lr(self, step: int, elapsed: float) -> float:
         """The scheduled rate. With a time budget the schedule runs on whichever is further along, the steps or
