@@ -248,7 +248,7 @@ def test_muon_step_matches_torch(arch, ns, monkeypatch):
     errors = {n: max_rel(ours[n] - start[n], p.detach().numpy() - start[n]) if is_hidden_matrix(n, tuple(p.shape))
               else max_rel(ours[n], p.detach().numpy()) for n, p in params.items()}
     worst = max(errors, key=errors.get)
-    NOTES.append(f"Muon step vs torch.optim.Muon ({arch}, torch's NS in {ns}): worst relative error {errors[worst]:.1e} "
-                 f"({worst})")
+    NOTES.append(f"Muon step vs torch.optim.Muon ({arch}, torch's NS in {ns}): worst relative error "
+                 f"{errors[worst]:.1e} ({worst})")
     if ns == "float32":
         assert errors[worst] <= 1e-5, f"{worst}: relative error {errors[worst]:.2e}"

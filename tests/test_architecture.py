@@ -126,11 +126,13 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("source, bad", [
     ("from ..train import train\n", "cllm.model.language_model (layer 5, cllm.model) imports cllm.train"),  # upward
-    ("def f():\n    from ..optim import AdamW\n", "cllm.model.language_model (layer 5, cllm.model) imports cllm.optim"),  # sibling
+    ("def f():\n    from ..optim import AdamW\n",  # sibling
+     "cllm.model.language_model (layer 5, cllm.model) imports cllm.optim"),
     ("from cllm.cli import main\n", "cllm.model.language_model (layer 5, cllm.model) imports cllm.cli"),
 ])
 def test_the_checker_catches_upward_and_sibling_imports(monkeypatch, source, bad):
-    monkeypatch.setitem(GRAPH, "cllm.model.language_model", GRAPH["cllm.model.language_model"] | imports(source, "cllm.model.language_model"))
+    name = "cllm.model.language_model"
+    monkeypatch.setitem(GRAPH, name, GRAPH[name] | imports(source, name))
     with pytest.raises(AssertionError, match=bad.replace("(", r"\(").replace(")", r"\)")):
         test_imports_point_down()
 

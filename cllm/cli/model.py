@@ -101,9 +101,13 @@ def _info(args) -> int:
         return 0
     m, c = summary["model"], summary["model"]["config"]
     print(f"{f.path}: .cllm format {summary['format_version']}, {summary['file_bytes']:,} bytes")
-    print(f"model:      GPT-2, {m['parameters']:,} parameters ({m['parameter_bytes'] / 1e6:.1f} MB float32): "
+    cfg = f.model.config
+    shape = (f"GPT-2, MLP {cfg.mlp_ratio}x" if cfg.arch == "gpt2" else
+             f"Llama, SwiGLU MLP {cfg.hidden_size}, rope theta {cfg.rope_theta:g}, "
+             f"QK-norm {'on' if cfg.qk_norm else 'off'}, head {'tied' if cfg.tie_embeddings else 'untied'}")
+    print(f"model:      {m['parameters']:,} parameters ({m['parameter_bytes'] / 1e6:.1f} MB float32): "
           f"vocab {c['vocab_size']}, context {c['context_length']}, d_model {c['d_model']}, {c['n_layers']} layers, "
-          f"{c['n_heads']} heads, MLP {c['mlp_ratio']}x")
+          f"{c['n_heads']} heads; {shape}")
     t = summary["tokenizer"]
     print("tokenizer:  none" if t is None else
           f"tokenizer:  byte-level BPE, {t['vocab_size']:,} tokens ({t['merges']:,} merges), pattern {t['pattern']}, "
@@ -112,7 +116,8 @@ def _info(args) -> int:
     print("training:   " + (", ".join(f"{k} {v}" for k, v in training.items()) if training else "no summary"))
     if summary["checkpoint"]:
         ck = summary["checkpoint"]
-        opt = f"AdamW at step {ck['optimizer_step']}" if ck["optimizer_step"] is not None else "no optimizer state"
+        opt = (f"{f.optimizer['type']} at step {ck['optimizer_step']}" if ck["optimizer_step"] is not None
+               else "no optimizer state")
         print(f"checkpoint: {opt}; trainer state: {', '.join(ck['trainer_keys']) or 'none'}")
     print(f"tensors:    {summary['tensors']}, checksums {summary['checksums']}")
     return 0

@@ -28,7 +28,8 @@ def add_parsers(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a language model on token shards (the output of cllm tokenize)",
-                       description="Train a GPT-2 or Llama style model on the token shards in --data, with warmup + cosine "
+                       description="Train a GPT-2 or Llama style model on the token shards in --data, with warmup + "
+                                   "cosine "
                                    "learning rate, checkpoints every so often (resumed automatically), metrics.jsonl, "
                                    "and report.md + loss.png beside --output. Under mpiexec -n R the R ranks train "
                                    "data-parallel (docs/distributed.md).")

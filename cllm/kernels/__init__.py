@@ -25,6 +25,6 @@ __all__ = ["DECODE_LAYER", "GptDecodeStep", "KV_ALIGN", "PANEL", "PackedLinear",
            "attention_cache_store", "attention_decode", "attention_forward", "crossentropy", "embedding_backward",
            "embedding_forward", "float32_views", "gelu_backward", "gelu_forward", "get_isa", "kv_cache",
            "layernorm_backward", "layernorm_forward", "linear_backward", "linear_forward", "linear_forward_packed",
-           "pack_linear_weights", "qk_rotary_backward", "qk_rotary_forward", "residual_forward", "rmsnorm_backward", "rmsnorm_forward", "rope_backward",
-           "rope_forward", "rope_table", "set_isa", "show_config", "sum_squares", "swiglu_backward", "swiglu_forward",
-           "tree_reduce"]
+           "pack_linear_weights", "qk_rotary_backward", "qk_rotary_forward", "residual_forward", "rmsnorm_backward",
+           "rmsnorm_forward", "rope_backward", "rope_forward", "rope_table", "set_isa", "show_config", "sum_squares",
+           "swiglu_backward", "swiglu_forward", "tree_reduce"]

@@ -25,7 +25,7 @@ from .. import kernels as K
 from ..runtime.checks import is_integer
 from ..runtime.threads import effective_cpu_count, resolve_num_threads
 from .arch import architecture, gpt2
-from .parameters import activation_shapes, parameter_views
+from .parameters import activation_shapes
 
 __all__ = ["Decoder"]
 
@@ -61,8 +61,7 @@ class Decoder:
         self._arch = architecture(cfg)
         self._caches = [K.kv_cache(slots, cfg.n_heads, cfg.head_dim, self.capacity) for _ in range(cfg.n_layers)]
         self._rope = model._rope
-        views, stacks = parameter_views(cfg, model.params, model.layout)
-        self._weights = _packed(self._arch.weight_table({**views, **stacks}, cfg))
+        self._weights = _packed(model._weights)
         if cfg.arch == "gpt2":
             w = self._weights
             table = [{DECODE_FIELDS[name]: weights for name, weights in layer.items()} | {"cache": cache}

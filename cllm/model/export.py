@@ -40,11 +40,18 @@ def export(path, directory, to: str = "safetensors") -> list[Path]:
     fsync_directory(directory)
     written = [weights]
 
-    config = {**model.config.to_dict(), "architecture": "gpt2", "layer_norm_epsilon": 1e-5,
-              "activation_function": "gelu_tanh", "tie_word_embeddings": True,
-              "weight_layout": "torch.nn.Linear [out_features, in_features]; Hugging Face GPT2 (Conv1D) needs the "
-                               "c_attn, c_proj and c_fc weights transposed",
-              "training": model.training_summary, "producer": f"cllm {__version__}"}
+    cfg = model.config
+    if cfg.arch == "gpt2":
+        constants = {"layer_norm_epsilon": 1e-5, "activation_function": "gelu_tanh", "tie_word_embeddings": True,
+                     "weight_layout": "torch.nn.Linear [out_features, in_features]; Hugging Face GPT2 (Conv1D) needs "
+                                      "the c_attn, c_proj and c_fc weights transposed"}
+    else:
+        constants = {"rms_norm_eps": cfg.norm_eps, "activation_function": "silu (SwiGLU: down(silu(gate) * up))",
+                     "tie_word_embeddings": cfg.tie_embeddings, "intermediate_size": cfg.hidden_size,
+                     "weight_layout": "Hugging Face Llama / Qwen3 (QK-norm) names, torch.nn.Linear [out_features, "
+                                      "in_features]; rotary embeddings in rotate_half form"}
+    config = {**cfg.to_dict(), "architecture": cfg.arch, **constants, "training": model.training_summary,
+              "producer": f"cllm {__version__}"}
     with atomic_write(directory / "config.json", "w") as f:
         json.dump(config, f, indent=2)
     written.append(directory / "config.json")

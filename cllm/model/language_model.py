@@ -29,9 +29,9 @@ class Model:
     (``params``), with gradients in a second one of the same layout (``grad_buffer``)."""
 
     def __init__(self, config: ModelConfig, seed: int = 0, *, params: np.ndarray | None = None):
-        """A new model with its architecture's initialisation from ``seed``; or, with ``params``, a model over that existing
-        flat float32 buffer (laid out as ``parameter_layout(config)``, used without a copy: how ``cllm.load``
-        maps a file)."""
+        """A new model with its architecture's initialisation from ``seed``; or, with ``params``, a model over that
+        existing flat float32 buffer (laid out as ``parameter_layout(config)``, used without a copy: how
+        ``cllm.load`` maps a file)."""
         if not isinstance(config, ModelConfig):
             raise TypeError(f"Model: config must be a cllm.ModelConfig (got {type(config).__name__})")
         self.config = config
