@@ -36,9 +36,13 @@ class PipelineOptions:
     num_threads: int | None = None
     vocab_size: int = 8192
     model: str = "mini"
-    seq_len: int = 64
-    batch_size: int = 64
-    lr: float = 3e-3
+    arch: str = "llama"
+    optimizer: str = "muon"
+    seq_len: int = 512
+    seq_len_start: int | None = 64  # short windows first, doubling to seq_len over the first half of the run
+    batch_size: int = 8
+    lr: float = 3e-3  # AdamW's (the embeddings, head and norms under Muon)
+    muon_lr: float = 0.02
     warmup: int = 50
     max_pages: int = 500  # per crawl, for URL sources
     progress: bool = True
@@ -50,6 +54,8 @@ class PipelineOptions:
                 raise ValueError(f"pipeline: source {s} is neither a folder nor an http(s) URL")
 
 
+# The PipelineOptions passed to cllm.train as they are (and part of the train stage's up-to-date key).
+TRAIN_OPTIONS = ("model", "arch", "optimizer", "seq_len", "seq_len_start", "batch_size", "lr", "muon_lr", "warmup")
 SKIP_DIRS = ("site-packages", "dist-packages", "__pycache__")  # installed packages are not the standard library
 EVAL_TOKENS = 1 << 18  # validation tokens scored after training (about 1 MB of the held-out text)
 PROMPTS = ("def fibonacci(n):\n", "import os\nimport sys\n\n\ndef main(", "class Stack:\n    \"\"\"",
@@ -89,8 +95,7 @@ def pipeline(options: PipelineOptions, log=print) -> dict:
     runner.run("tokenize", "tokens", {"vocab_size": options.vocab_size},
                lambda out: _tokenize(work / "clean", out, options))
     budget = options.time_budget
-    train_options = {"model": options.model, "seq_len": options.seq_len, "batch_size": options.batch_size,
-                     "lr": options.lr, "warmup": options.warmup}
+    train_options = {name: getattr(options, name) for name in TRAIN_OPTIONS}
     runner.run("train", "model", train_options,
                lambda out, resume: _train(work / "tokens", out, options,
                                           budget - (time.perf_counter() - start) - min(RESERVE_MAX, RESERVE_FRACTION * budget),
@@ -172,9 +177,9 @@ def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, re
     if seconds < 5:
         raise ValueError(f"pipeline: the time budget of {options.time_budget / 60:g} minutes leaves {seconds:.0f} s for "
                          f"training; give a larger --budget")
-    result = train(tokens, model=options.model, num_threads=options.num_threads, batch_size=options.batch_size,
-                   seq_len=options.seq_len, epochs=100, time_budget=seconds, lr=options.lr, warmup=options.warmup,
-                   output=str(out / "model.cllm"), resume=resume, progress=options.progress)
+    result = train(tokens, **{name: getattr(options, name) for name in TRAIN_OPTIONS}, num_threads=options.num_threads,
+                   epochs=100, time_budget=seconds, output=str(out / "model.cllm"), resume=resume,
+                   progress=options.progress)
     if result.stopped in ("SIGINT", "SIGTERM"):  # the checkpoint is written: the stage resumes from it next time
         signal.raise_signal(getattr(signal, result.stopped))
     return {"steps": result.steps, "tokens": result.tokens, "train_loss": result.train_loss,

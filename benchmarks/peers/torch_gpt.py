@@ -14,7 +14,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GPT", "make_optimizer", "train_step"]
+__all__ = ["GPT", "load_from_numpy", "make_optimizer", "train_step"]
+
+
+def load_from_numpy(module: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Copy weights into ``module`` from arrays with exactly its state-dict names and shapes."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise KeyError(f"load_from_numpy: state names differ (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    with torch.no_grad():
+        for name, dst in own.items():
+            src = torch.from_numpy(np.ascontiguousarray(state[name], dtype=np.float32))
+            if src.shape != dst.shape:
+                raise ValueError(f"load_from_numpy: {name} must have shape {list(dst.shape)} (got {list(src.shape)})")
+            dst.copy_(src)
 
 
 class CausalSelfAttention(nn.Module):
@@ -99,17 +113,7 @@ class GPT(nn.Module):
     def load_from_numpy(self, state: dict[str, np.ndarray]):
         """Copy weights from a dict of arrays with exactly this model's state-dict names and shapes
         (e.g. cllm's ``Model.state_dict()``)."""
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"load_from_numpy: state names differ (missing {missing[:5]}, unexpected {unexpected[:5]})")
-        with torch.no_grad():
-            for name, dst in own.items():
-                src = torch.from_numpy(np.ascontiguousarray(state[name], dtype=np.float32))
-                if src.shape != dst.shape:
-                    raise ValueError(f"load_from_numpy: {name} must have shape {list(dst.shape)} "
-                                     f"(got {list(src.shape)})")
-                dst.copy_(src)
+        load_from_numpy(self, state)
 
     def forward(self, idx, targets=None):
         """idx (B, T) int64 -> logits (B, T, V); loss = mean cross-entropy over targets != -1 (None without targets)."""

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .torch_gpt import load_from_numpy
+
 __all__ = ["Llama"]
 
 
@@ -101,13 +103,7 @@ class Llama(nn.Module):
 
     def load_from_numpy(self, state: dict[str, np.ndarray]):
         """Copy weights from arrays with exactly this model's state-dict names and shapes (cllm's state_dict())."""
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"load_from_numpy: state names differ (missing {missing[:5]}, unexpected {unexpected[:5]})")
-        with torch.no_grad():
-            for name, dst in own.items():
-                dst.copy_(torch.from_numpy(np.ascontiguousarray(state[name], dtype=np.float32)))
+        load_from_numpy(self, state)
 
     def forward(self, idx, targets=None):
         """idx (B, T) int64 -> logits (B, T, V); loss = mean cross-entropy over targets != -1."""

@@ -135,13 +135,14 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--vocab-size", type=positive_int, default=o.vocab_size, help="default: the tuned %(default)s")
     p.add_argument("--model", choices=tuple(PRESETS), default=o.model,
                    help="preset size (default: the tuned %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default=o.arch, help="default: the tuned %(default)s")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_pipeline)
 
 
 def _pipeline(args) -> int:
     options = PipelineOptions(sources=tuple(args.source or ()), workdir=args.workdir, time_budget=args.budget * 60,
-                              num_threads=args.threads, vocab_size=args.vocab_size, model=args.model,
+                              num_threads=args.threads, vocab_size=args.vocab_size, model=args.model, arch=args.arch,
                               progress=not args.quiet)
     print_summary(pipeline(options))
     return 0

@@ -1,31 +1,16 @@
 /* The attention's q and k made ready: optional QK-norm (Qwen3's RMSNorm over each head, weight of head size),
  * then the rotary position embedding (rope.h), v copied; forward and backward. Compiled once per ISA (simd.h).
  * One pass over the projection's output writes the attention's input, and the backward undoes both in place. */
-#include <math.h>
-
 #include "cllm.h"
 #include "runtime/dispatch.h"
 #include "runtime/memory.h"
+#include "rmsnorm.h"
 #include "rope.h"
 
 #define CHUNK_ROWS 64 /* the norm weights' gradients: sums over rows in chunks of this many rows, up the sphere tree */
 
-/* Σ x² over n floats, in the order of cllm_rmsnorm_forward */
-static inline float sum_squares(const float *x, int64_t n)
-{
-    vec acc = vzero();
-    int64_t c = 0;
-    for (; c + VW <= n; c += VW) {
-        vec v = vloadu(x + c);
-        acc = vfmadd(v, v, acc);
-    }
-    float ss = vhsum(acc);
-    for (; c < n; c++) ss += x[c] * x[c];
-    return ss;
-}
-
-/* Row m's q heads then k heads (2·NH of hs): normalised (when q_norm, k_norm are given) as
- * cllm_rmsnorm_forward would, then rotated at pos[m]; v copied.
+/* Row m's q heads then k heads (2·NH of hs): normalised (when q_norm, k_norm are given) by rmsnorm.h's row, then
+ * rotated at pos[m]; v copied.
  * in, out (M, 3·NH·hs): q, k, v, heads contiguous; q_norm, k_norm (hs) or both NULL; rstd (M, 2·NH) (unused
  * without norms); pos (M); cos_t, sin_t (P, hs/2) */
 int ISA_FN(cllm_qk_rotary_forward)(const float *in, float *out, const float *q_norm, const float *k_norm,
@@ -41,12 +26,7 @@ int ISA_FN(cllm_qk_rotary_forward)(const float *in, float *out, const float *q_n
             float *o = out + m * 3 * C + j * hs;
             const float *w = j < NH ? q_norm : k_norm;
             if (w) {
-                float rs = 1.0f / sqrtf(sum_squares(x, hs) / (float)hs + eps);
-                vec vrs = vset1(rs);
-                int64_t i = 0;
-                for (; i + VW <= hs; i += VW) vstoreu(o + i, vmul(vmul(vloadu(x + i), vrs), vloadu(w + i)));
-                for (; i < hs; i++) o[i] = x[i] * rs * w[i];
-                rstd[m * 2 * NH + j] = rs;
+                rstd[m * 2 * NH + j] = rmsnorm_row(x, w, o, hs, eps);
                 rope_head(o, o, c, s, half, 0);
             } else {
                 rope_head(x, o, c, s, half, 0);

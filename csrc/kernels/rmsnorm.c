@@ -1,10 +1,9 @@
 /* RMSNorm over the last dimension (weight only, eps given), forward and backward; the Llama / Qwen3 norm, also
  * their QK-norm over each head's q and k (rows of head_size). Compiled once per ISA (simd.h). */
-#include <math.h>
-
 #include "cllm.h"
 #include "runtime/dispatch.h"
 #include "runtime/memory.h"
+#include "rmsnorm.h"
 
 #define CHUNK_ROWS 64 /* dw: sums over rows in chunks of this many rows, added up the sphere tree */
 
@@ -13,23 +12,7 @@ int ISA_FN(cllm_rmsnorm_forward)(const float *x, const float *w, float *out, flo
                                  float eps, int num_threads)
 {
 #pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const float *xr = x + n * C;
-        float *o = out + n * C;
-        vec acc = vzero();
-        int64_t c = 0;
-        for (; c + VW <= C; c += VW) {
-            vec v = vloadu(xr + c);
-            acc = vfmadd(v, v, acc);
-        }
-        float ss = vhsum(acc);
-        for (; c < C; c++) ss += xr[c] * xr[c];
-        float rs = 1.0f / sqrtf(ss / (float)C + eps);
-        vec vrs = vset1(rs);
-        for (c = 0; c + VW <= C; c += VW) vstoreu(o + c, vmul(vmul(vloadu(xr + c), vrs), vloadu(w + c)));
-        for (; c < C; c++) o[c] = xr[c] * rs * w[c];
-        rstd[n] = rs;
-    }
+    for (int64_t n = 0; n < N; n++) rstd[n] = rmsnorm_row(x + n * C, w, out + n * C, C, eps);
     return 0;
 }
 
