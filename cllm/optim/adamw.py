@@ -21,7 +21,9 @@ class AdamW:
     in an order that does not depend on the thread count. Bias corrections are computed once per step.
     """
 
-    def __init__(self, model, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0):
+    def __init__(self, model, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0, *,
+                 exclude=()):
+        """``exclude``: state-dict names this AdamW leaves alone (another optimizer's: Muon's matrices)."""
         def number(name, value, low, high=math.inf, low_open=False):
             ok = checks.is_number(value) and math.isfinite(value)
             if not ok or value < low or (low_open and value == low) or value > high:
@@ -42,7 +44,10 @@ class AdamW:
         self.m = np.zeros_like(model.params)
         self.v = np.zeros_like(model.params)
         self.step_count = 0
-        self._segments = model.decay_segments()
+        starts, decay = model.decay_segments()
+        excluded = set(exclude)
+        decay[[i for i, name in enumerate(model.layout) if name in excluded]] = 2  # adamw_step skips them
+        self._segments = (starts, decay)
 
     kind = "AdamW"
 

@@ -84,17 +84,11 @@ class Muon:
         self.nesterov = nesterov
         self.ns_steps = checks.integer(ns_steps, "Muon: ns_steps", 1)
         self.weight_decay = checks.number(weight_decay, "Muon: weight_decay", 0.0)
-        self.adamw = AdamW(model, lr=adamw_lr, betas=betas, eps=eps, weight_decay=adamw_weight_decay,
-                           grad_clip=grad_clip)
         self.model = model
-        layout = model.layout
-        self._hidden = [(name, offset, shape) for name, (offset, shape) in layout.items()
+        self._hidden = [(name, offset, shape) for name, (offset, shape) in model.layout.items()
                         if is_hidden_matrix(name, shape)]
-        starts, decay = self.adamw._segments
-        hidden = {name for name, _, _ in self._hidden}
-        decay = decay.copy()
-        decay[[i for i, name in enumerate(layout) if name in hidden]] = 2  # AdamW leaves them to Muon
-        self.adamw._segments = (starts, decay)
+        self.adamw = AdamW(model, lr=adamw_lr, betas=betas, eps=eps, weight_decay=adamw_weight_decay,
+                           grad_clip=grad_clip, exclude=[name for name, _, _ in self._hidden])
 
     # AdamW's interface, shared state
     m = property(lambda self: self.adamw.m)
