@@ -60,6 +60,10 @@ class AdamW:
         """The global L2 norm of the model's current gradients."""
         return math.sqrt(K.sum_squares(self.model.grad_buffer, num_threads=get_num_threads()))
 
+    def clip_scale(self, norm: float) -> float:
+        """The factor clipping multiplies gradients of global norm ``norm`` by (1 when not clipping)."""
+        return 1.0 if self.grad_clip is None else min(1.0, self.grad_clip / (norm + 1e-6))
+
     def step(self, lr=None) -> float:
         """Clip, then update the parameters in place with learning rate ``lr`` (default: the one given at
         construction, e.g. from ``lr_at``). Returns the gradient norm before clipping."""
@@ -68,7 +72,7 @@ class AdamW:
             raise ValueError(f"AdamW.step: lr must be a finite number >= 0 (got {lr!r})")
         nt = get_num_threads()
         norm = self.grad_norm()
-        scale = 1.0 if self.grad_clip is None else min(1.0, self.grad_clip / (norm + 1e-6))
+        scale = self.clip_scale(norm)
         self.step_count += 1
         K.adamw_step(self.model.params, self.model.grad_buffer, self.m, self.v, *self._segments, lr=lr,
                      beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,

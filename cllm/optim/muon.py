@@ -118,7 +118,7 @@ class Muon:
         if not (math.isfinite(adamw_lr) and adamw_lr >= 0.0):
             raise ValueError(f"Muon.step: lr must be a finite number >= 0 (got {lr!r})")
         norm = self.adamw.step(adamw_lr)  # clips by the global norm, updates the non-hidden tensors
-        scale = 1.0 if self.grad_clip is None else min(1.0, self.grad_clip / (norm + 1e-6))
+        scale = self.adamw.clip_scale(norm)
         muon_lr, mu = self.lr * adamw_lr / self.adamw.lr, np.float32(self.momentum)
         nt = get_num_threads()
         params, grads, m = self.model.params, self.model.grad_buffer, self.adamw.m
