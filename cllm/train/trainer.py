@@ -289,9 +289,9 @@ class Trainer:
         """One optimizer step on the global batch (window indices), recorded in metrics.jsonl and the bar."""
         c, st = self.cfg, self.state
         tokens = c.batch_size * c.seq_len
-        step_start = time.perf_counter()
-        lr = self._lr(st.step, self.elapsed())
-        length = seq_len_at(self._progress(st.step, self.elapsed()), c.seq_len, c.seq_len_start, c.seq_len_warmup)
+        step_start, elapsed = time.perf_counter(), self.elapsed()
+        lr = self._lr(st.step, elapsed)
+        length = seq_len_at(self._progress(st.step, elapsed), c.seq_len, c.seq_len_start, c.seq_len_warmup)
         loss = self._gradients(batch, length)
         norm = self.opt.step(lr)
         st.step += 1
@@ -354,10 +354,7 @@ class Trainer:
         st = self.state
         if every is not None:
             return st.step % every == 0
-        progress = st.step / self.planned
-        if self.cfg.time_budget is not None:
-            progress = max(progress, self.elapsed() / self.cfg.time_budget)
-        tenth = min(10, math.floor(10 * progress + 1e-9))
+        tenth = min(10, math.floor(10 * self._progress(st.step, self.elapsed()) + 1e-9))
         if tenth > st.tenths[what]:
             st.tenths[what] = tenth
             return True
