@@ -37,6 +37,7 @@ class PipelineOptions:
     vocab_size: int = 8192
     model: str = "mini"
     arch: str = "llama"
+    qk_norm: bool = True  # llama: RMSNorm over each head of q and k (ignored for gpt2)
     optimizer: str = "muon"
     seq_len: int = 512
     seq_len_start: int | None = 64  # short windows first, doubling to seq_len over the first half of the run
@@ -55,7 +56,8 @@ class PipelineOptions:
 
 
 # The PipelineOptions passed to cllm.train as they are (and part of the train stage's up-to-date key).
-TRAIN_OPTIONS = ("model", "arch", "optimizer", "seq_len", "seq_len_start", "batch_size", "lr", "muon_lr", "warmup")
+TRAIN_OPTIONS = ("model", "arch", "qk_norm", "optimizer", "seq_len", "seq_len_start", "batch_size", "lr", "muon_lr",
+                 "warmup")
 SKIP_DIRS = ("site-packages", "dist-packages", "__pycache__")  # installed packages are not the standard library
 EVAL_TOKENS = 1 << 18  # validation tokens scored after training (about 1 MB of the held-out text)
 PROMPTS = ("def fibonacci(n):\n", "import os\nimport sys\n\n\ndef main(", "class Stack:\n    \"\"\"",
@@ -95,8 +97,7 @@ def pipeline(options: PipelineOptions, log=print) -> dict:
     runner.run("tokenize", "tokens", {"vocab_size": options.vocab_size},
                lambda out: _tokenize(work / "clean", out, options))
     budget = options.time_budget
-    train_options = {name: getattr(options, name) for name in TRAIN_OPTIONS}
-    runner.run("train", "model", train_options,
+    runner.run("train", "model", _train_options(options),
                lambda out, resume: _train(work / "tokens", out, options,
                                           budget - (time.perf_counter() - start) - min(RESERVE_MAX, RESERVE_FRACTION * budget),
                                           resume),
@@ -171,13 +172,21 @@ def _tokenize(clean: Path, out: Path, options: PipelineOptions) -> dict:
             "bytes_per_token": round(stats["train"]["bytes_per_token"], 4), "vocab_size": stats["vocab_size"]}
 
 
+def _train_options(options: PipelineOptions) -> dict:
+    """The options cllm.train takes from the pipeline's (QK-norm is llama's only)."""
+    chosen = {name: getattr(options, name) for name in TRAIN_OPTIONS}
+    if options.arch != "llama":
+        del chosen["qk_norm"]
+    return chosen
+
+
 def _train(tokens: Path, out: Path, options: PipelineOptions, seconds: float, resume: bool) -> dict:
     from .train.trainer import train
 
     if seconds < 5:
         raise ValueError(f"pipeline: the time budget of {options.time_budget / 60:g} minutes leaves {seconds:.0f} s for "
                          f"training; give a larger --budget")
-    result = train(tokens, **{name: getattr(options, name) for name in TRAIN_OPTIONS}, num_threads=options.num_threads,
+    result = train(tokens, **_train_options(options), num_threads=options.num_threads,
                    epochs=100, time_budget=seconds, output=str(out / "model.cllm"), resume=resume,
                    progress=options.progress)
     if result.stopped in ("SIGINT", "SIGTERM"):  # the checkpoint is written: the stage resumes from it next time

@@ -34,7 +34,9 @@ def test_pipeline_runs_skips_and_reruns(source, tmp_path, capsys):
         assert f"{stage}: done" in out
     summary = json.loads((work / "summary.json").read_text())
     assert summary["stages"]["train"]["steps"] > 0
-    assert cllm.load(work / "model" / "model.cllm").tokenizer.vocab_size == 400
+    model = cllm.load(work / "model" / "model.cllm")
+    assert model.tokenizer.vocab_size == 400
+    assert (model.config.arch, model.config.qk_norm) == ("llama", True)  # the tuned defaults
 
     assert cli(argv) == 0  # nothing changed: every stage is skipped
     out = capsys.readouterr().out
@@ -43,6 +45,14 @@ def test_pipeline_runs_skips_and_reruns(source, tmp_path, capsys):
     (source / "new_module.py").write_text("def added():\n    return 42\n")
     assert cli(argv) == 0  # a changed source re-runs everything from collect
     assert "collect: done" in capsys.readouterr().out
+
+
+def test_pipeline_gpt2_arch_trains_without_qk_norm(source, tmp_path, capsys):
+    work = tmp_path / "work"
+    assert cli(["pipeline", "--source", str(source), "--workdir", str(work), "--budget", "0.1", "--model", "tiny",
+                "--vocab-size", "300", "--arch", "gpt2", "--quiet"]) == 0
+    config = cllm.load(work / "model" / "model.cllm").config
+    assert (config.arch, config.qk_norm) == ("gpt2", False)
 
 
 def test_pipeline_bad_inputs(tmp_path, capsys):

@@ -136,6 +136,8 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--model", choices=tuple(PRESETS), default=o.model,
                    help="preset size (default: the tuned %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default=o.arch, help="default: the tuned %(default)s")
+    p.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=o.qk_norm,
+                   help="llama: RMSNorm over each head of q and k (default: the tuned %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_pipeline)
 
@@ -143,6 +145,6 @@ def _add_pipeline(sub) -> None:
 def _pipeline(args) -> int:
     options = PipelineOptions(sources=tuple(args.source or ()), workdir=args.workdir, time_budget=args.budget * 60,
                               num_threads=args.threads, vocab_size=args.vocab_size, model=args.model, arch=args.arch,
-                              progress=not args.quiet)
+                              qk_norm=args.qk_norm, progress=not args.quiet)
     print_summary(pipeline(options))
     return 0
