@@ -130,6 +130,9 @@ def test_cli_generate(model_file, capsys):
     assert cli.main(args) == 0
     assert capsys.readouterr().out == streamed == model.generate("def", 30, temperature=1.5, top_k=5, top_p=0.9,
                                                                  repetition_penalty=1.1, seed=4) + "\n"
+    assert cli.main(["generate", model_file, "--prompt", "def add(a, b):\n", "--temperature", "0", "--max-tokens", "8",
+                     "--token-healing"]) == 0
+    assert capsys.readouterr().out == model.generate("def add(a, b):\n", 8, temperature=0, token_healing=True) + "\n"
     assert cli.main(["generate", model_file, "--prompt", "def", "--top-p", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cllm generate: error: top_p must be") and err.count("\n") == 1
@@ -145,7 +148,10 @@ def test_cli_eval_and_complete(model_file, text_files, capsys):
     assert cli.main(["complete", model_file, "--source", source, "--positions", "3", "--max-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "3 held-out lines" in out and "expected:" in out and "predicted:" in out
-    assert cli.main(["complete", model_file, "--source", source, "--positions", "2", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["positions"] == 2
+    for healing in ("--token-healing", "--no-token-healing"):
+        assert cli.main(["complete", model_file, "--source", source, "--positions", "2", "--json", healing]) == 0
+        expected = complete(cllm.load(model_file), source, positions=2, token_healing=healing == "--token-healing")
+        got = json.loads(capsys.readouterr().out)
+        assert got["positions"] == 2 and got["examples"] == expected["examples"]
     assert cli.main(["eval", model_file, "--data", "no/such/path"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -198,6 +198,41 @@ def test_stop_strings_and_special_tokens():
     assert byte.generate("", 5, temperature=0)  # an empty prompt starts from <|endoftext|>
 
 
+def healed_reference(model, prompt: str, n: int) -> str:
+    """Token healing written out plainly: the prompt less its last token, the first token the most probable of
+    those whose bytes start with that token's, then greedy; the text after the bytes taken back."""
+    tok = model.tokenizer
+    ids = tok.encode(prompt)
+    taken = tok.token_bytes(ids[-1])
+    kept = ids[:-1]
+    logits = model.forward(np.array([kept[window_start(len(kept), model.config.context_length):]], np.int32))[0, -1]
+    allowed = [i for i in range(tok.vocab_size) if i not in tok.special_tokens.values()
+               and tok.token_bytes(i).startswith(taken)]
+    first = max(allowed, key=lambda i: (logits[i], -i))
+    rest = model.generate_ids(ids[:-1] + [first], n - 1, temperature=0)
+    return (tok.token_bytes(first)[len(taken):] + tok.decode_bytes(rest)).decode("utf-8", errors="replace")
+
+
+def test_token_healing_equals_its_plain_reference():
+    model = tiny_lm.code_model()
+    text = tiny_lm.CODE_TEXT * 2
+    prompts = [text[:k] for k in range(30, 75)]  # cut everywhere: inside tokens, at line starts, mid-indent
+    healed = model.generate(prompts, 6, temperature=0, token_healing=True)
+    assert healed == [healed_reference(model, p, 6) for p in prompts]
+    assert healed != model.generate(prompts, 6, temperature=0)
+    assert "".join(model.generate_stream(prompts[7], 6, temperature=0, token_healing=True)) == healed[7]
+    sampled = model.generate(prompts[:3], 6, temperature=1.2, seed=3, token_healing=True)  # row 0: stream 0
+    assert sampled[0] == model.generate(prompts[0], 6, temperature=1.2, seed=3, token_healing=True)
+    one_token = model.tokenizer.decode([model.tokenizer.encode("def")[0]])  # nothing to take back from
+    assert model.generate(one_token, 6, temperature=0, token_healing=True) == model.generate(one_token, 6,
+                                                                                          temperature=0)
+    ends_special = "def<|endoftext|>"
+    assert model.generate(ends_special, 6, temperature=0, token_healing=True) == model.generate(ends_special, 6,
+                                                                                             temperature=0)
+    with pytest.raises(ValueError, match="token_healing must be True or False"):
+        model.generate("def", 5, token_healing="yes")
+
+
 def test_bad_arguments_name_themselves():
     model = tiny_lm.code_model()
     ids = [1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -56,6 +57,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1 = none")
     p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    p.add_argument("--token-healing", action="store_true",
+                   help="take the prompt's last token back and start with a token that extends it")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(run=_generate)
 
@@ -88,6 +91,9 @@ def _add_complete(sub) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--max-tokens", type=positive_int, default=64, help="longest completion, in tokens")
     p.add_argument("--examples", type=non_negative_int, default=5, help="cases to print")
+    p.add_argument("--token-healing", action=argparse.BooleanOptionalAction, default=True,
+                   help="complete from the prompt less its last token, starting with a token that extends it "
+                        "(default: on)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(run=_complete)
@@ -156,7 +162,7 @@ def _load(args):
 def _generate(args) -> int:
     model = _load(args)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    repetition_penalty=args.repetition_penalty, seed=args.seed)
+                    repetition_penalty=args.repetition_penalty, seed=args.seed, token_healing=args.token_healing)
     if args.stream:
         for piece in model.generate_stream(args.prompt, args.max_tokens, **sampling):
             sys.stdout.write(piece)
@@ -184,7 +190,7 @@ def _eval(args) -> int:
 
 def _complete(args) -> int:
     r = complete(_load(args), args.source, positions=args.positions, seed=args.seed, max_new_tokens=args.max_tokens,
-                 examples=args.examples)
+                 examples=args.examples, token_healing=args.token_healing)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0

@@ -1,7 +1,8 @@
 """Code completion of held-out lines: ``complete`` takes N line starts at random (seeded) in source files, has the
 model complete each line greedily from all the code before it (the window sliding as in generation) and scores
 the line without its leading and trailing whitespace: exact-match rate and mean character similarity (difflib's
-ratio)."""
+ratio). The prompt ends at the start of the line, where a BPE never cuts code (it reads "\n    def" as "\n   " +
+" def"), so the completion heals that token by default (``cllm.model.generate``'s token_healing)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ COMPLETE_BATCH = 16  # completions generated together (one KV cache slot each)
 
 
 def complete(model, sources, *, positions: int = 20, seed: int = 0, max_new_tokens: int = 64,
-             examples: int = 5) -> dict:
+             examples: int = 5, token_healing: bool = True) -> dict:
     """Complete ``positions`` held-out lines of the source files (paths; folders give their *.py files) from the
     code before each, greedily; see the module's docstring. Returns the rates and the first ``examples`` cases."""
     for name, value, low in (("positions", positions, 1), ("max_new_tokens", max_new_tokens, 1),
@@ -34,7 +35,7 @@ def complete(model, sources, *, positions: int = 20, seed: int = 0, max_new_toke
     for i in range(0, len(cases), COMPLETE_BATCH):
         batch = cases[i:i + COMPLETE_BATCH]
         predictions += generate(model, [text[:offset] for _, text, offset, _ in batch], max_new_tokens,
-                                temperature=0, stop="\n")
+                                temperature=0, stop="\n", token_healing=token_healing)
     scored = []
     for (path, text, offset, line), predicted in zip(cases, predictions):
         target, guess = line.strip(), predicted.strip()

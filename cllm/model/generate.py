@@ -15,6 +15,12 @@ token. ``use_cache=False`` recomputes each step with ``Model.forward`` over exac
 
 Batches: each prompt has a cache slot and positions of its own (no padding, no mask): a row of a batch computes
 exactly what its prompt alone would, and each decode step is one pass over the weights for all the rows.
+
+Token healing (``token_healing=True``, text prompts only): a prompt cut where the tokenizer would not cut (an editor's
+cursor at the start of a line: the prompt ends in "\n" and its code goes on with "    def", which training saw as
+"\n   " + " def") ends in a token the model rarely saw followed by what comes next. The prompt's last token is
+taken back, and the first token drawn is one whose bytes start with the bytes taken back (the token itself among
+them); the text returned starts after those bytes, so that it still continues the prompt as given.
 """
 
 from __future__ import annotations
@@ -116,8 +122,9 @@ def _top_k(z: np.ndarray, k: int) -> np.ndarray:
 class _Sequences:
     """The sequences of one call (prompt + output so far), each with its window, random stream and next logits."""
 
-    def __init__(self, model, prompts: list[list[int]], sampling: Sampling, seed, use_cache: bool):
+    def __init__(self, model, prompts: list[list[int]], sampling: Sampling, seed, use_cache: bool, first=None):
         self.model, self.sampling, self.context = model, sampling, model.config.context_length
+        self.first = list(first) if first is not None else [None] * len(prompts)  # token ids the first draw may take
         self.tokens = [list(p) for p in prompts]
         self.rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(prompts))]
         self.seen = None
@@ -134,7 +141,12 @@ class _Sequences:
         """Draw the next token of every active sequence: [(sequence index, token)]."""
         new = []
         for b in self.active:
-            token = self.sampling.sample(self.logits[b], self.rngs[b], self.seen[b] if self.seen else None)
+            logits = self.logits[b]
+            if self.first[b] is not None:  # token healing: only the tokens that extend the bytes taken back
+                allowed, self.first[b] = self.first[b], None
+                logits = np.full_like(logits, -np.inf)
+                logits[allowed] = self.logits[b][allowed]
+            token = self.sampling.sample(logits, self.rngs[b], self.seen[b] if self.seen else None)
             self.tokens[b].append(token)
             if self.seen:
                 self.seen[b][token] = True
@@ -240,15 +252,34 @@ class _TextGeneration:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         if not all(isinstance(s, str) and s for s in stops):
             raise ValueError(f"generate: stop must be a non-empty string or a list of them (got {stop!r})")
-        unknown = set(sampling) - {"temperature", "top_k", "top_p", "repetition_penalty", "seed", "use_cache"}
+        unknown = set(sampling) - {"temperature", "top_k", "top_p", "repetition_penalty", "seed", "use_cache",
+                                   "token_healing"}
         if unknown:
             raise TypeError(f"generate: unexpected keyword argument {sorted(unknown)[0]!r}")
         use_cache, seed = sampling.pop("use_cache", True), sampling.pop("seed", None)
+        healing = sampling.pop("token_healing", False)
+        if not isinstance(healing, bool):
+            raise ValueError(f"generate: token_healing must be True or False (got {healing!r})")
         _check_seed(seed)
         settings = Sampling(**sampling)
         self.streams = [_TextStream(stops) for _ in prompts]
         self.specials = set(tok.special_tokens.values())  # a special token ends the text
-        self.sequences = _Sequences(model, ids, settings, seed, use_cache) if self.steps else None
+        self.taken_back = [b""] * len(ids)  # token healing: the bytes of each prompt's last token, to skip
+        first = self._heal(ids) if healing else None
+        self.sequences = _Sequences(model, ids, settings, seed, use_cache, first) if self.steps else None
+
+    def _heal(self, ids: list[list[int]]) -> list:
+        """Token healing (the module's docstring): takes each prompt's last token back (in place) and returns, for
+        each prompt, the ids its first token may be (None: the prompt is one token, or ends in a special one)."""
+        vocab = [self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)]
+        first = []
+        for b, p in enumerate(ids):
+            if len(p) < 2 or p[-1] in self.specials:
+                first.append(None)
+                continue
+            tail = self.taken_back[b] = vocab[p.pop()]
+            first.append(np.array([i for i, v in enumerate(vocab) if v.startswith(tail) and i not in self.specials]))
+        return first
 
     def _encode(self, prompt) -> list[int]:
         if not isinstance(prompt, str):
@@ -266,7 +297,11 @@ class _TextGeneration:
             finished = set()
             for b, token in self.sequences.sample():
                 stream = self.streams[b]
-                piece = stream.finish() if token in self.specials else stream.feed(self.tokenizer.token_bytes(token))
+                if token in self.specials:
+                    piece = stream.finish()
+                else:
+                    data, self.taken_back[b] = self.tokenizer.token_bytes(token)[len(self.taken_back[b]):], b""
+                    piece = stream.feed(data)
                 if stream.done:
                     finished.add(b)
                 if piece:
@@ -284,9 +319,10 @@ class _TextGeneration:
 def generate(model, prompt, max_new_tokens: int = 256, *, stop=None, **sampling):
     """The text that follows prompt (a str -> str; a list of str, a batch -> list of str).
 
-    sampling: temperature, top_k, top_p, repetition_penalty, seed, use_cache, as for ``generate_ids``. The text
-    ends after max_new_tokens tokens, at a special token (such as <|endoftext|>), or before the first of the
-    ``stop`` strings. Special-token text in the prompt is read as the special token; an empty prompt starts from
+    sampling: temperature, top_k, top_p, repetition_penalty, seed, use_cache, as for ``generate_ids``, and
+    token_healing (False; see the module's docstring). The text ends after max_new_tokens tokens, at a special
+    token (such as <|endoftext|>), or before the first of the ``stop`` strings. Special-token text in the prompt
+    is read as the special token; an empty prompt starts from
     <|endoftext|>."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     texts = [[] for _ in prompts]
