@@ -1,7 +1,9 @@
 """cllm crawl against a real HTTP server on 127.0.0.1 (tests/crawl_site.py), judged by the server's request log,
 the manifest, the report and the WARC files."""
 
+import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -207,6 +209,26 @@ def test_output_that_is_a_file(tmp_path, capsys):
     f.write_text("x")
     assert _crawl_cli("http://127.0.0.1:9/", "--output", f) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_sigterm_inside_an_asyncio_callback_is_not_swallowed():
+    """SIGTERM landing inside asyncio's socket callbacks (where a crawl spends its time) must stop the run: asyncio
+    logs and drops any exception there but SystemExit and KeyboardInterrupt."""
+    from cllm.cli import Terminated, _sigterm_raises
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the transport's read callback
+            time.sleep(0.01)
+
+    async def run():
+        server = await asyncio.start_server(lambda r, w: w.write(b"x" * 10), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await asyncio.get_running_loop().create_connection(Client, "127.0.0.1", port)
+        await asyncio.sleep(2)  # reached only if the signal was swallowed
+
+    with pytest.raises(Terminated), _sigterm_raises():
+        asyncio.run(run())
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

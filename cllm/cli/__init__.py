@@ -28,8 +28,15 @@ BAD_DATA = (FormatError, JsonlError, ShardError)  # a corrupt input file: a fail
 _LIBRARY_PREFIX = re.compile(r"[A-Za-z_]\w*: ")
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised where the program is (like KeyboardInterrupt for SIGINT) while ``main`` runs a command."""
+class Terminated(SystemExit):
+    """SIGTERM, raised where the program is (like KeyboardInterrupt for SIGINT) while ``main`` runs a command.
+
+    A SystemExit, because asyncio (the crawler's event loop) lets only SystemExit and KeyboardInterrupt through
+    its transports' and tasks' handlers: any other exception raised in a socket write is logged as a "fatal
+    error" on that connection and the crawl goes on, the signal lost."""
+
+    def __init__(self):
+        super().__init__(143)
 
 
 def build_parser() -> Parser:
