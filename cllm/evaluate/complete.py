@@ -1,7 +1,7 @@
 """Code completion of held-out lines: ``complete`` takes N line starts at random (seeded) in source files, has the
 model complete each line greedily from all the code before it (the window sliding as in generation) and scores
 the line without its leading and trailing whitespace: exact-match rate and mean character similarity (difflib's
-ratio). The prompt ends at the start of the line, where a BPE never cuts code (it reads "\n    def" as "\n   " +
+ratio). The prompt ends at the start of the line, where a BPE never cuts code (it reads "\\n    def" as "\\n   " +
 " def"), so the completion heals that token by default (``cllm.model.generate``'s token_healing)."""
 
 from __future__ import annotations

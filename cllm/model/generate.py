@@ -17,8 +17,8 @@ Batches: each prompt has a cache slot and positions of its own (no padding, no m
 exactly what its prompt alone would, and each decode step is one pass over the weights for all the rows.
 
 Token healing (``token_healing=True``, text prompts only): a prompt cut where the tokenizer would not cut (an editor's
-cursor at the start of a line: the prompt ends in "\n" and its code goes on with "    def", which training saw as
-"\n   " + " def") ends in a token the model rarely saw followed by what comes next. The prompt's last token is
+cursor at the start of a line: the prompt ends in "\\n" and its code goes on with "    def", which training saw as
+"\\n   " + " def") ends in a token the model rarely saw followed by what comes next. The prompt's last token is
 taken back, and the first token drawn is one whose bytes start with the bytes taken back (the token itself among
 them); the text returned starts after those bytes, so that it still continues the prompt as given.
 """
@@ -322,8 +322,7 @@ def generate(model, prompt, max_new_tokens: int = 256, *, stop=None, **sampling)
     sampling: temperature, top_k, top_p, repetition_penalty, seed, use_cache, as for ``generate_ids``, and
     token_healing (False; see the module's docstring). The text ends after max_new_tokens tokens, at a special
     token (such as <|endoftext|>), or before the first of the ``stop`` strings. Special-token text in the prompt
-    is read as the special token; an empty prompt starts from
-    <|endoftext|>."""
+    is read as the special token; an empty prompt starts from <|endoftext|>."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     texts = [[] for _ in prompts]
     for b, piece in _TextGeneration(model, prompts, max_new_tokens, stop, sampling).pieces():
