@@ -42,7 +42,7 @@ class PipelineOptions:
     seq_len: int = 512
     seq_len_start: int | None = 64  # short windows first, doubling to seq_len over the first half of the run
     batch_size: int = 8
-    lr: float = 3e-3  # AdamW's (the embeddings, head and norms under Muon)
+    lr: float = 6e-3  # AdamW's (the embeddings, head and norms under Muon)
     muon_lr: float = 0.02
     warmup: int = 50
     max_pages: int = 500  # per crawl, for URL sources
