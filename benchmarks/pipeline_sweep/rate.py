@@ -1,6 +1,6 @@
 """rate.py NAME: 48 steps at 2 threads with the variant's length schedule; the median step time at each length,
-weighted by the schedule's shares of the run (a sixth each for 64, 128, 256; half for 512), gives the steps that
-SECONDS buy. Run it alone on an idle machine."""
+weighted by the share of the steps the schedule gave that length (a sixth each for 64, 128, 256, half for 512 with
+the default's), gives the steps that SECONDS buy. Run it alone on an idle machine."""
 
 import json
 import statistics
@@ -9,8 +9,6 @@ import tempfile
 
 import cllm
 from variants import SECONDS, TOKENS, options, record
-
-SHARES = {64: 1 / 6, 128: 1 / 6, 256: 1 / 6, 512: 1 / 2}
 
 if __name__ == "__main__":
     name = sys.argv[1]
@@ -24,6 +22,6 @@ if __name__ == "__main__":
     for s in steps:
         by_length.setdefault(s["seq_len"], []).append(tokens / s["tokens_per_s"])
     median = {n: statistics.median(t[2:] if len(t) > 4 else t) for n, t in by_length.items()}  # first steps warm up
-    per_step = sum(SHARES[n] * t for n, t in median.items()) if len(median) > 1 else median[o["seq_len"]]
+    per_step = sum(len(by_length[n]) * t for n, t in median.items()) / len(steps)
     record({"name": name, "step_s": {str(n): round(t, 4) for n, t in sorted(median.items())},
             "tokens_per_s": tokens / per_step, "steps": round(SECONDS / per_step)}, "rates.jsonl")

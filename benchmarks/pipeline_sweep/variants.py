@@ -9,6 +9,7 @@ SECONDS (half of the full run's train stage) and is scored by cllm.evaluate on t
 Environment: SWEEP_TOKENS (a cllm tokenize folder; default cllm-run/tokens), SWEEP_OUT (models and the jsonl
 results; default sweep-out)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -46,8 +47,6 @@ def options(name: str) -> dict:
 
 
 def record(doc: dict, file: str) -> None:
-    import json
-
     OUT.mkdir(parents=True, exist_ok=True)
     print(json.dumps(doc))
     with open(OUT / file, "a") as f:

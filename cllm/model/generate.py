@@ -271,14 +271,15 @@ class _TextGeneration:
     def _heal(self, ids: list[list[int]]) -> list:
         """Token healing (the module's docstring): takes each prompt's last token back (in place) and returns, for
         each prompt, the ids its first token may be (None: the prompt is one token, or ends in a special one)."""
-        vocab = [self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)]
-        first = []
+        first, candidates = [], {}  # candidates: per distinct tail (prompts cut at line starts share a few)
         for b, p in enumerate(ids):
             if len(p) < 2 or p[-1] in self.specials:
                 first.append(None)
                 continue
-            tail = self.taken_back[b] = vocab[p.pop()]
-            first.append(np.array([i for i, v in enumerate(vocab) if v.startswith(tail) and i not in self.specials]))
+            tail = self.taken_back[b] = self.tokenizer.token_bytes(p.pop())
+            if tail not in candidates:
+                candidates[tail] = np.array(self.tokenizer.ids_starting_with(tail))
+            first.append(candidates[tail])
         return first
 
     def _encode(self, prompt) -> list[int]:

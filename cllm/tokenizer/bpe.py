@@ -130,6 +130,10 @@ class Tokenizer:
             return self._special_bytes[token_id]
         raise ValueError(f"Tokenizer: token id {token_id!r} is outside [0, {self.vocab_size})")
 
+    def ids_starting_with(self, prefix: bytes) -> list[int]:
+        """The ordinary tokens whose bytes start with ``prefix``, in id order (token healing's candidates)."""
+        return [i for i, b in enumerate(self._bytes) if b.startswith(prefix)]
+
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of text, special-token text encoded as ordinary text."""
         return self._encoder.encode(text.encode("utf-8", "surrogatepass")).tolist()
