@@ -18,7 +18,7 @@ from .._version import __version__
 from ..corpus.preprocess.shards import JsonlError
 from ..formats import FormatError
 from ..tokenizer.shards import ShardError
-from . import bench, data, model, train
+from . import bench, data, interop, model, train
 from .args import Parser
 
 __all__ = ["BAD_DATA", "build_parser", "main"]
@@ -44,7 +44,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="cllm", description="Train small GPT models from source files or web pages.")
     parser.add_argument("--version", action="version", version=f"cllm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (data, train, bench, model):
+    for group in (data, train, bench, model, interop):
         group.add_parsers(sub)
     return parser
 

@@ -8,6 +8,8 @@ from ..corpus.crawl.crawler import CrawlOptions, crawl
 from ..corpus.crawl.fetch import Limits
 from ..corpus.preprocess.filters import Thresholds, threshold_help
 from ..corpus.preprocess.stage import PreprocessOptions, preprocess
+from ..formats.container import MAGIC
+from ..model import load
 from ..tokenizer.bpe import PATTERNS
 from ..tokenizer.stage import TokenizeOptions, tokenize_corpus
 from .args import bytes_text, fraction, non_negative_float, non_negative_int, positive_float, positive_int
@@ -153,7 +155,8 @@ def _add_tokenize(sub) -> None:
     p.add_argument("--val-fraction", type=fraction, default=o.val_fraction,
                    help="documents held out for validation (default: %(default)s)")
     p.add_argument("--tokenizer", default=o.tokenizer, metavar="FILE",
-                   help="reuse this tokenizer.json instead of training one")
+                   help="reuse this tokenizer (a tokenizer.json, or a .cllm model's, as cllm train --init needs) "
+                        "instead of training one")
     p.add_argument("--pattern", choices=tuple(PATTERNS), default=o.pattern,
                    help="pre-tokenization pattern (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=o.num_threads,
@@ -164,9 +167,26 @@ def _add_tokenize(sub) -> None:
     p.set_defaults(run=_tokenize)
 
 
+def _tokenizer(path):
+    """--tokenizer: a tokenizer.json path as it is, or the tokenizer of a .cllm model."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            is_model = f.read(len(MAGIC)) == MAGIC
+    except OSError as e:
+        raise ValueError(f"--tokenizer {path}: {e.strerror}") from None
+    if not is_model:
+        return path
+    tok = load(path).tokenizer
+    if tok is None:
+        raise ValueError(f"--tokenizer {path}: this model file has no tokenizer")
+    return tok
+
+
 def _tokenize(args) -> int:
     stats = tokenize_corpus(args.input, args.output, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
-                            tokenizer=args.tokenizer, pattern=args.pattern, num_threads=args.threads,
+                            tokenizer=_tokenizer(args.tokenizer), pattern=args.pattern, num_threads=args.threads,
                             shard_tokens=args.shard_tokens, progress=not args.quiet)
     t, v = stats["train"], stats["val"]
     print(f"tokenized {t['documents'] + v['documents']} documents ({t['bytes'] + v['bytes']:,} bytes) into "

@@ -1,4 +1,4 @@
-"""``cllm generate | eval | complete | info | export``: the commands that read a .cllm model."""
+"""``cllm generate | eval | complete | info``: the commands that read a .cllm model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 
 from ..evaluate import complete, evaluate
 from ..model import load, read
-from ..model.export import export
 from ..runtime.threads import set_num_threads
 from .args import non_negative_float, non_negative_int, positive_float, positive_int
 
@@ -18,7 +17,6 @@ __all__ = ["add_parsers"]
 def add_parsers(sub) -> None:
     """Add the model commands to ``sub`` (the subparsers of ``cllm``)."""
     _add_info(sub)
-    _add_export(sub)
     _add_generate(sub)
     _add_eval(sub)
     _add_complete(sub)
@@ -32,16 +30,6 @@ def _add_info(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the checksums (which read the whole file)")
     p.set_defaults(run=_info)
-
-
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a .cllm model to safetensors + config.json + tokenizer.json",
-                       description="Write the model's weights (state-dict names, nn.Linear layouts) as "
-                                   "model.safetensors, its config as config.json and its tokenizer as tokenizer.json.")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--to", choices=("safetensors",), default="safetensors", help="output format")
-    p.add_argument("directory", metavar="DIR")
-    p.set_defaults(run=_export)
 
 
 def _add_generate(sub) -> None:
@@ -144,12 +132,6 @@ def _describe(f, verified: bool) -> dict:
                        "trainer_keys": sorted(f.trainer_state or {})} if checkpoint else None,
         "tensors": len(f.header["tensors"]), "checksums": "OK" if verified else "not verified (--no-verify)",
     }
-
-
-def _export(args) -> int:
-    written = export(args.file, args.directory, to=args.to)
-    print(f"exported {args.file} -> " + ", ".join(str(p) for p in written))
-    return 0
 
 
 def _load(args):

@@ -42,6 +42,9 @@ def _add_train(sub) -> None:
     p.add_argument("--qk-norm", action="store_true", help="llama: RMSNorm over each head of q and k (Qwen3's)")
     p.add_argument("--untied", action="store_true", help="llama: an output head of its own, not the embedding")
     p.add_argument("--config", metavar="JSON", help="a JSON file of ModelConfig fields instead of --model")
+    p.add_argument("--init", metavar="FILE",
+                   help="fine-tune this .cllm model (its config, weights and tokenizer, instead of --model; cllm "
+                        "import makes one of a transformers checkpoint); --data must be tokenized with its tokenizer")
     p.add_argument("--threads", type=positive_int, default=c.num_threads,
                    help="kernel threads (default: the usable CPUs; under mpiexec, this rank's share of its node's)")
     p.add_argument("--batch-size", type=positive_int, default=c.batch_size,
@@ -97,7 +100,7 @@ def _train(args) -> int:
     options = {k: getattr(args, k) for k in (
         "batch_size", "seq_len", "epochs", "max_steps", "lr", "min_lr", "warmup", "schedule", "weight_decay",
         "micro_batch", "eval_every", "eval_tokens", "patience", "checkpoint_every", "keep_checkpoints", "output",
-        "resume", "seed", "optimizer", "muon_lr", "seq_len_start", "seq_len_warmup")}
+        "resume", "seed", "optimizer", "muon_lr", "seq_len_start", "seq_len_warmup", "init")}
     options["model"] = _model(args)
     if not args.config:
         options.update(arch=args.arch, qk_norm=args.qk_norm, tie_embeddings=not args.untied)

@@ -26,7 +26,7 @@ from ..runtime.checks import integer, is_integer
 from ..runtime.progress import progress_iter
 from ..runtime.threads import resolve_num_threads
 
-__all__ = ["END_OF_TEXT", "PATTERNS", "Tokenizer"]
+__all__ = ["END_OF_TEXT", "FIM_TOKENS", "PATTERNS", "Tokenizer", "byte_to_unicode", "pattern_of"]
 
 PATTERNS = {  # the split patterns, as the regex module (and the HF/tiktoken files) spell them
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
@@ -36,10 +36,11 @@ PATTERNS = {  # the split patterns, as the regex module (and the HF/tiktoken fil
 # or more of {1,3}", not a possessive {1,3}, which here behaves exactly like a plain {1,3}.
 HF_PATTERNS = {name: p.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}") for name, p in PATTERNS.items()}
 END_OF_TEXT = "<|endoftext|>"  # the document separator every cllm tokenizer has (GPT-2's spelling)
+FIM_TOKENS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>")  # fill-in-the-middle (StarCoder's)
 BATCH_BYTES = 16 << 20  # texts are counted in batches of about this many bytes (streamed, never all in memory)
 
 
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map of bytes to printable characters, used by byte-level tokenizer.json files."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
     table, extra = {}, 0
@@ -214,7 +215,7 @@ class Tokenizer:
 
     def to_hf_dict(self) -> dict:
         """This tokenizer as a Hugging Face tokenizer.json document (a byte-level BPE model)."""
-        b2u = _byte_to_unicode()
+        b2u = byte_to_unicode()
         text = lambda b: "".join(b2u[x] for x in b)
         vocab = {text(b): i for i, b in enumerate(self._bytes)}
         if len(vocab) != len(self._bytes):  # two merges that spell the same bytes: tokenizer.json has one id each
@@ -253,7 +254,7 @@ class Tokenizer:
             vocab, merges = model["vocab"], model["merges"]
             if model.get("type", "BPE") != "BPE":
                 raise ValueError(f"model type {model.get('type')!r} is not BPE")
-            u2b = {u: b for b, u in _byte_to_unicode().items()}
+            u2b = {u: b for b, u in byte_to_unicode().items()}
             to_bytes = lambda token: bytes(u2b[c] for c in token)
             by_id = {i: to_bytes(t) for t, i in vocab.items()}
             if any(by_id.get(b) != bytes([b]) for b in range(256)):
@@ -269,7 +270,7 @@ class Tokenizer:
             specials = sorted((t["id"], t["content"]) for t in doc.get("added_tokens", []))
             if [i for i, _ in specials] != list(range(256 + len(pairs), 256 + len(pairs) + len(specials))):
                 raise ValueError("special tokens must follow the merges")
-            pattern = _pattern_of(doc.get("pre_tokenizer"))
+            pattern = pattern_of(doc.get("pre_tokenizer"))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"Tokenizer.load: {source} is not a byte-level BPE tokenizer.json that cllm can read: "
                              f"{e}") from None
@@ -286,7 +287,7 @@ class Tokenizer:
         return cls.from_hf_dict(doc, str(path))
 
 
-def _pattern_of(pre_tokenizer) -> str:
+def pattern_of(pre_tokenizer) -> str:
     """The split pattern a tokenizer.json pre-tokenizer stands for (those that to_hf_dict writes)."""
     if isinstance(pre_tokenizer, dict) and pre_tokenizer.get("type") == "ByteLevel" and pre_tokenizer.get("use_regex"):
         return "gpt2"

@@ -36,12 +36,12 @@ __all__ = ["TokenizeOptions", "is_validation", "iter_documents", "tokenize_corpu
 @dataclasses.dataclass(frozen=True)
 class TokenizeOptions:
     """``tokenize_corpus``'s options, with their defaults: the vocabulary size of the tokenizer to train (or
-    ``tokenizer``, a tokenizer.json to reuse), the fraction of documents held out for validation, the
+    ``tokenizer``, a tokenizer.json or Tokenizer to reuse), the fraction of documents held out for validation, the
     pre-tokenization pattern, kernel threads (None: the usable CPUs), tokens per shard file, progress bars."""
 
     vocab_size: int = 50_000
     val_fraction: float = 0.05
-    tokenizer: object = None  # a tokenizer.json path
+    tokenizer: object = None  # a tokenizer.json path, or a Tokenizer
     pattern: str = "gpt2"
     num_threads: int | None = None
     shard_tokens: int = 100_000_000
@@ -130,9 +130,10 @@ def _tokenizer(inputs, opts: TokenizeOptions, nt: int) -> Tokenizer:
         train_docs = (d for d in iter_documents(inputs) if not is_validation(d, opts.val_fraction))
         return Tokenizer.train(progress_iter(train_docs, opts.progress, "training tokenizer"), opts.vocab_size,
                                special_tokens=(EOT,), pattern=opts.pattern, num_threads=nt)
-    tok = Tokenizer.load(opts.tokenizer)
+    tok = opts.tokenizer if isinstance(opts.tokenizer, Tokenizer) else Tokenizer.load(opts.tokenizer)
     if EOT not in tok.special_tokens:
-        raise ValueError(f"tokenize: the tokenizer {opts.tokenizer} has no {EOT} special token")
+        raise ValueError(f"tokenize: the tokenizer {opts.tokenizer} has no {EOT} special token (documents are "
+                         f"separated by it)")
     return tok
 
 

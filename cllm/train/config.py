@@ -19,6 +19,9 @@ class TrainConfig:
     ``model``: a preset name ("tiny", "mini", "small", "base": its widths and depth, with the vocabulary taken from the
     data's tokenizer rounded up to a multiple of 64 and context_length = seq_len; in the architecture ``arch`` with
     ``qk_norm`` and ``tie_embeddings``) or a ModelConfig (used as is; those three must then be left as they are).
+    ``init``: a .cllm model to fine-tune (``cllm import`` makes one of a transformers checkpoint): its config,
+    weights and tokenizer, which must be the data's; ``model``, ``arch``, ``qk_norm`` and ``tie_embeddings`` are
+    then not used.
     ``optimizer``: "adamw" (at ``lr``), or "muon" (Muon at ``muon_lr`` for the hidden matrices, AdamW at ``lr``
     for the rest; both follow the schedule). ``seq_len_start``: a sequence-length schedule, doubling from this
     length (a power-of-two fraction of seq_len) to seq_len over the first ``seq_len_warmup`` of the run, each
@@ -34,6 +37,7 @@ class TrainConfig:
     arch: str = "gpt2"
     qk_norm: bool = False
     tie_embeddings: bool = True
+    init: str | None = None
     num_threads: int | None = None
     batch_size: int = 128
     seq_len: int = 512
@@ -75,6 +79,12 @@ class TrainConfig:
         if not isinstance(self.output, (str, os.PathLike)):
             raise ValueError(f"TrainConfig: output must be a path (got {self.output!r})")
         object.__setattr__(self, "output", os.fspath(self.output))
+        if self.init is not None:
+            if not isinstance(self.init, (str, os.PathLike)):
+                raise ValueError(f"TrainConfig: init must be the path of a .cllm model (got {self.init!r})")
+            if isinstance(self.model, ModelConfig):
+                raise ValueError("TrainConfig: give init (a model file to start from) or a ModelConfig, not both")
+            object.__setattr__(self, "init", os.fspath(self.init))
         if not (isinstance(self.model, ModelConfig) or self.model in PRESETS):
             raise ValueError(f"TrainConfig: model must be one of {sorted(PRESETS)} or a cllm.ModelConfig "
                              f"(got {self.model!r})")

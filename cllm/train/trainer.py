@@ -30,7 +30,7 @@ import numpy as np
 
 from ..evaluate.metrics import bits_per_byte, held_out_sample
 from ..formats import FormatError
-from ..model import Model, read
+from ..model import Model, load, read
 from ..model.config import PRESETS, ModelConfig
 from ..model.parameters import memory_estimate, parameter_layout
 from ..optim import AdamW, Muon, lr_at
@@ -51,7 +51,7 @@ __all__ = ["TrainResult", "train"]
 MAX_MICRO_TOKENS = 16_384  # larger micro-batches gain nothing in GEMM efficiency and only cost memory
 MEMORY_FRACTION = 0.8  # of the memory available when training starts
 # Options that must be equal for a resumed run to continue the same computation.
-RESUME_KEYS = ("model", "arch", "qk_norm", "tie_embeddings", "batch_size", "seq_len", "epochs", "max_steps", "lr",
+RESUME_KEYS = ("model", "init", "arch", "qk_norm", "tie_embeddings", "batch_size", "seq_len", "epochs", "max_steps", "lr",
                "min_lr", "warmup", "schedule", "optimizer", "muon_lr", "seq_len_start", "seq_len_warmup",
                "weight_decay", "grad_clip", "seed")
 
@@ -101,6 +101,7 @@ class Trainer:
         if c.batch_size % w.size:
             raise ValueError(f"train: batch_size {c.batch_size} must be a multiple of the number of ranks "
                              f"({w.size})")
+        self.init = self._init_model() if c.init is not None else None  # on every rank: each checks the data
         self.model_config = self._model_config()
         self.windows = Windows(self.data.train, c.seq_len)
         self.val_windows = Windows(self.data.val, c.seq_len)
@@ -131,8 +132,28 @@ class Trainer:
         except OSError as e:
             raise ValueError(f"train: output folder {self.folder} is not writable ({e.strerror})") from None
 
+    def _init_model(self) -> Model:
+        """The model of ``init``, checked against the data: the same tokenizer, a context for seq_len."""
+        c = self.cfg
+        try:
+            model = load(c.init, mmap=False)
+        except OSError as e:
+            raise ValueError(f"train: init {c.init}: {e.strerror} (expected a .cllm model)") from None
+        mine, data = model.tokenizer, self.data.tokenizer
+        if mine is None or mine.to_hf_dict() != data.to_hf_dict():
+            have = "no tokenizer" if mine is None else f"a tokenizer of {mine.vocab_size:,} tokens"
+            raise ValueError(f"train: {c.init} has {have}, and the data in {self.data.directory} was tokenized with "
+                             f"another ({data.vocab_size:,} tokens): tokenize it again with cllm tokenize --tokenizer "
+                             f"{c.init}")
+        if c.seq_len > model.config.context_length:
+            raise ValueError(f"train: seq_len {c.seq_len} is longer than {c.init}'s context_length "
+                             f"{model.config.context_length}")
+        return model
+
     def _model_config(self) -> ModelConfig:
         c, vocab = self.cfg, self.data.tokenizer.vocab_size
+        if self.init is not None:
+            return self.init.config
         if isinstance(c.model, ModelConfig):
             if c.model.vocab_size < vocab:
                 raise ValueError(f"train: the model's vocab_size {c.model.vocab_size} is smaller than the data's "
@@ -200,7 +221,7 @@ class Trainer:
         model, opt, state, resumed_from = self._open() if w.rank == 0 else (None,) * 4
         state, resumed_from, opt_step = w.bcast((state, resumed_from, opt and opt.step_count))
         if w.rank:
-            model = Model(self.model_config, seed=self.cfg.seed)
+            model = self.init or Model(self.model_config, seed=self.cfg.seed)
             model.tokenizer = self.data.tokenizer
             opt = self._optimizer(model)
         for a in (model.params, opt.m, opt.v):
@@ -229,7 +250,7 @@ class Trainer:
         if self.metrics_path.exists():
             self.metrics_path.unlink()
         micro_batch = self._micro_batch()  # before allocating the model: a model too large fails here
-        model = Model(self.model_config, seed=c.seed)
+        model = self.init or Model(self.model_config, seed=c.seed)
         model.tokenizer = self.data.tokenizer
         state = TrainerState(config=c.to_dict(), data=self.data.fingerprint(), micro_batch=micro_batch,
                              planned_steps=self.planned, warmup=self.warmup)

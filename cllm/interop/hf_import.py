@@ -1,0 +1,157 @@
+"""``cllm import``: a Hugging Face transformers checkpoint (config.json, model.safetensors, tokenizer.json) as a
+.cllm model, ready for ``cllm train --init`` to fine-tune.
+
+A cllm tokenizer numbers its tokens canonically (the 256 bytes in order, then each merge's result in rank order,
+then the special tokens), and a Hugging Face vocabulary may number them in any order (GPT-2's begins with "!").
+So the import renumbers: it finds each cllm id's token in the file's vocabulary and moves the embedding's (and
+an untied head's) rows to match. The model computes the same function; only the ids differ, and
+``import_hf(...).hf_ids`` gives the file's id of every cllm id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..model.config import ModelConfig
+from ..model.language_model import Model
+from ..tokenizer import Tokenizer
+from ..tokenizer.bpe import byte_to_unicode, pattern_of
+from .hf import config_from_hf, weights_from_hf
+from .safetensors_file import read_safetensors
+
+__all__ = ["ImportedModel", "import_hf"]
+
+
+@dataclasses.dataclass
+class ImportedModel:
+    """What ``import_hf`` wrote: the .cllm file, the model, and hf_ids[cllm id] = the checkpoint's token id."""
+
+    path: Path
+    model: Model
+    hf_ids: np.ndarray
+
+
+def import_hf(directory, output) -> ImportedModel:
+    """Read the transformers checkpoint in ``directory`` and write it to the .cllm file ``output``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"import: {directory} is not a folder (expected a Hugging Face model folder)")
+    config = _config(directory)
+    tokenizer, hf_ids = _tokenizer(directory / "tokenizer.json", config.vocab_size)
+    tensors = read_safetensors(_weights_file(directory))
+    state = weights_from_hf(config, tensors, str(directory / "model.safetensors"))
+    rows = np.concatenate([hf_ids, np.setdiff1d(np.arange(config.vocab_size), hf_ids)])  # then unused rows
+    for name in ("transformer.wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
+        if name in state:
+            state[name] = state[name][rows]
+    model = Model(config)
+    model.load_state_dict(state)
+    model.tokenizer = tokenizer
+    model.training_summary = {"imported_from": str(directory.resolve())}
+    model.save(output)
+    return ImportedModel(Path(output), model, hf_ids)
+
+
+def _config(directory: Path) -> ModelConfig:
+    path = directory / "config.json"
+    doc = _json(path)
+    try:
+        config = config_from_hf(doc, str(path))
+    except TypeError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if config.arch == "llama" and config.mlp_hidden == dataclasses.replace(config, mlp_hidden=0).hidden_size:
+        config = dataclasses.replace(config, mlp_hidden=0)  # the default width: say so, as cllm's own configs do
+    return config
+
+
+def _weights_file(directory: Path) -> Path:
+    path = directory / "model.safetensors"
+    if path.is_file():
+        return path
+    if (directory / "model.safetensors.index.json").exists():
+        raise ValueError(f"import: {directory} holds a sharded checkpoint (model.safetensors.index.json); cllm reads "
+                         f"one model.safetensors (save_pretrained(..., max_shard_size='100GB') writes one)")
+    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
+        raise ValueError(f"import: {directory} holds PyTorch pickle files, which cllm never loads (they can run code); "
+                         f"save the model with safetensors (save_pretrained's default)")
+    raise ValueError(f"import: {directory} has no model.safetensors")
+
+
+def _json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"import: {path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"import: cannot read {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"import: {path} is not a JSON object")
+    return doc
+
+
+def _tokenizer(path: Path, n_rows: int) -> tuple[Tokenizer, np.ndarray]:
+    """The byte-level BPE of ``path`` as a cllm Tokenizer, and hf_ids[cllm id] = the file's id of that token."""
+    doc = _json(path)
+    fail = lambda what: ValueError(f"import: {path} is not a byte-level BPE cllm can run: {what}")
+    model = doc.get("model")
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
+        raise fail(f"model type {isinstance(model, dict) and model.get('type')!r} (cllm has byte-level BPE only)")
+    for name, allowed in (("byte_fallback", (False, None)), ("ignore_merges", (False, None)),
+                          ("continuing_subword_prefix", (None, "")), ("end_of_word_suffix", (None, "")),
+                          ("dropout", (None, 0))):
+        if model.get(name) not in allowed:
+            raise fail(f"model.{name} = {model.get(name)!r} (cllm's BPE has {allowed[0]!r})")
+    if doc.get("normalizer") is not None:
+        raise fail(f"a normalizer ({doc['normalizer'].get('type')}) changes the text before splitting")
+    decoder = doc.get("decoder") or {}
+    if decoder.get("type") != "ByteLevel":
+        raise fail(f"decoder {decoder.get('type')!r} (byte-level BPE decodes with ByteLevel)")
+    try:
+        pattern = pattern_of(doc.get("pre_tokenizer"))
+    except ValueError as e:
+        raise fail(str(e)) from None
+    u2b = {u: b for b, u in byte_to_unicode().items()}
+    try:
+        to_bytes = lambda text: bytes(u2b[c] for c in text)
+        vocab = {int(i): to_bytes(t) for t, i in model["vocab"].items()}
+        merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
+        added = sorted((int(t["id"]), str(t["content"])) for t in doc.get("added_tokens", []))
+    except KeyError as e:
+        raise fail(f"{e} is neither a vocabulary entry nor a byte in GPT-2's byte-to-unicode spelling") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise fail(f"vocab, merges or added_tokens malformed ({e})") from None
+    specials = {i for i, _ in added}
+    by_bytes = {b: i for i, b in vocab.items() if i not in specials}
+    if len(by_bytes) != len(vocab) - len(specials & vocab.keys()):
+        raise fail("two vocabulary entries spell the same bytes")
+    hf_ids = [by_bytes.get(bytes([b])) for b in range(256)]
+    if None in hf_ids:
+        raise fail(f"the byte {hf_ids.index(None):#04x} has no token (every byte needs one)")
+    cllm_id = {hf: i for i, hf in enumerate(hf_ids)}
+    pairs = []
+    for n, merge in enumerate(merges):
+        if len(merge) != 2:
+            raise fail(f"merge {n} {merge!r} is not a pair")
+        try:
+            left, right = (by_bytes[to_bytes(part)] for part in merge)
+            result = by_bytes[to_bytes(merge[0]) + to_bytes(merge[1])]
+        except KeyError:
+            raise fail(f"merge {n} {' '.join(merge)!r} names or makes a token not in the vocabulary") from None
+        if result in cllm_id or left not in cllm_id or right not in cllm_id:
+            raise fail(f"merge {n} {' '.join(merge)!r} makes a token made before, or uses one made after it")
+        cllm_id[result] = len(hf_ids)
+        hf_ids.append(result)
+        pairs.append((cllm_id[left], cllm_id[right]))
+    unreachable = sorted(set(by_bytes.values()) - set(cllm_id))
+    if unreachable:
+        raise fail(f"{len(unreachable)} vocabulary entries (first: id {unreachable[0]}) are neither bytes nor any "
+                   f"merge's result: cllm's ids are the bytes, then the merges' results")
+    hf_ids += [i for i, _ in added]
+    if len(hf_ids) > n_rows or max(hf_ids) >= n_rows:
+        raise ValueError(f"import: {path} has token ids up to {max(hf_ids)}, beyond the model's {n_rows} "
+                         f"embedding rows")
+    return Tokenizer(pairs, [s for _, s in added], pattern), np.array(hf_ids, dtype=np.int64)
