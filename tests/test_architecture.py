@@ -22,7 +22,7 @@ LAYERS = [
     ["cllm.corpus", "cllm.formats"],         # stages 1-2; the .cllm container (knows no model)
     ["cllm.tokenizer"],                      # stage 3
     ["cllm.model", "cllm.optim"],            # the model (and its files), the optimizers
-    ["cllm.evaluate"],                       # held-out metrics, completion, the bench report
+    ["cllm.evaluate", "cllm.interop"],       # held-out metrics, completion, the bench report; other formats
     ["cllm.train"],                          # stage 4
     ["cllm.pipeline"],                       # every stage in order
     ["cllm.cli"],                            # the command line

@@ -166,7 +166,7 @@ def test_train_init_fine_tunes_the_file_with_its_tokenizer(tmp_path, capsys):
     start, tuned = cllm.load(model_path), cllm.load(out)
     assert tuned.config == start.config and tuned.tokenizer.to_hf_dict() == start.tokenizer.to_hf_dict()
     assert not np.array_equal(tuned.params, start.params)
-    assert np.abs(tuned.params - start.params).max() < 0.05  # a few small steps from the file's weights, not a new model
+    assert np.abs(tuned.params - start.params).max() < 0.05  # a few small steps from the file, not a new model
     capsys.readouterr()
 
     # data tokenized with another tokenizer, and a sequence longer than the model's context: clear errors

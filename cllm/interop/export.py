@@ -31,6 +31,11 @@ def export(path, destination, to: str = "hf", dtype: str = "f32") -> list[Path]:
         raise ValueError(f"export: dtype must be one of {GGUF_DTYPES} (got {dtype!r})")
     if dtype != "f32" and to != "gguf":
         raise ValueError(f"export: dtype {dtype!r} is for to='gguf'; {to!r} writes float32")
+    destination = Path(destination)
+    if to == "gguf" and destination.is_dir():
+        raise ValueError(f"export: to='gguf' writes one file, and {destination} is a folder")
+    if to != "gguf" and destination.exists() and not destination.is_dir():
+        raise ValueError(f"export: to={to!r} writes a folder, and {destination} is a file")
     model = read(path, mmap=True, verify=True).model
     if to == "gguf":
         from .gguf_file import export_gguf
@@ -40,7 +45,7 @@ def export(path, destination, to: str = "hf", dtype: str = "f32") -> list[Path]:
         from .hf import export_hf
 
         return export_hf(model, destination)
-    return _export_state_dict(model, Path(destination))
+    return _export_state_dict(model, destination)
 
 
 def _export_state_dict(model, directory: Path) -> list[Path]:

@@ -154,7 +154,8 @@ def _tokenizer_files(tokenizer, context_length: int) -> dict[str, dict]:
     (there being no other) pad; the FIM tokens, and any other special token, as additional special tokens."""
     eot = END_OF_TEXT if END_OF_TEXT in tokenizer.special_tokens else None
     others = [s for s in tokenizer.special_tokens if s != eot]
-    others.sort(key=lambda s: (FIM_TOKENS.index(s) if s in FIM_TOKENS else len(FIM_TOKENS), tokenizer.special_tokens[s]))
+    rank = lambda s: (FIM_TOKENS.index(s) if s in FIM_TOKENS else len(FIM_TOKENS), tokenizer.special_tokens[s])
+    others.sort(key=rank)
     named = {"bos_token": eot, "eos_token": eot, "unk_token": None, "pad_token": eot}
     added = {str(i): {"content": s, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False,
                       "special": True} for s, i in tokenizer.special_tokens.items()}

@@ -37,9 +37,11 @@ class ImportedModel:
 
 def import_hf(directory, output) -> ImportedModel:
     """Read the transformers checkpoint in ``directory`` and write it to the .cllm file ``output``."""
-    directory = Path(directory)
+    directory, output = Path(directory), Path(output)
     if not directory.is_dir():
         raise ValueError(f"import: {directory} is not a folder (expected a Hugging Face model folder)")
+    if output.is_dir():
+        raise ValueError(f"import: output {output} is a folder (expected the path of a .cllm file)")
     config = _config(directory)
     tokenizer, hf_ids = _tokenizer(directory / "tokenizer.json", config.vocab_size)
     tensors = read_safetensors(_weights_file(directory))
@@ -52,8 +54,9 @@ def import_hf(directory, output) -> ImportedModel:
     model.load_state_dict(state)
     model.tokenizer = tokenizer
     model.training_summary = {"imported_from": str(directory.resolve())}
+    output.parent.mkdir(parents=True, exist_ok=True)
     model.save(output)
-    return ImportedModel(Path(output), model, hf_ids)
+    return ImportedModel(output, model, hf_ids)
 
 
 def _config(directory: Path) -> ModelConfig:

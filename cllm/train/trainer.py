@@ -51,8 +51,8 @@ __all__ = ["TrainResult", "train"]
 MAX_MICRO_TOKENS = 16_384  # larger micro-batches gain nothing in GEMM efficiency and only cost memory
 MEMORY_FRACTION = 0.8  # of the memory available when training starts
 # Options that must be equal for a resumed run to continue the same computation.
-RESUME_KEYS = ("model", "init", "arch", "qk_norm", "tie_embeddings", "batch_size", "seq_len", "epochs", "max_steps", "lr",
-               "min_lr", "warmup", "schedule", "optimizer", "muon_lr", "seq_len_start", "seq_len_warmup",
+RESUME_KEYS = ("model", "init", "arch", "qk_norm", "tie_embeddings", "batch_size", "seq_len", "epochs", "max_steps",
+               "lr", "min_lr", "warmup", "schedule", "optimizer", "muon_lr", "seq_len_start", "seq_len_warmup",
                "weight_decay", "grad_clip", "seed")
 
 
