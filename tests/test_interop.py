@@ -344,4 +344,16 @@ def test_import_from_transformers(tmp_path, transformers, kind):
     with torch.no_grad():
         theirs = hf(torch.from_numpy(hf_ids[idx])).logits.numpy()
     assert np.abs(model.forward(idx)[..., :len(hf_ids)] - theirs[..., hf_ids]).max() < 1e-4
+
+    # fine-tuning it on data tokenized with the checkpoint's own tokenizer.json, read in cllm's order
+    with pytest.raises(ValueError, match="numbers its tokens in another order"):
+        cllm.Tokenizer.load(folder / "tokenizer.json")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(held_out_texts()):
+        (docs / f"{i}.py").write_text(text)
+    assert cli(["tokenize", "--input", str(docs), "--tokenizer", str(folder / "tokenizer.json"), "--output",
+                str(tmp_path / "tok"), "--val-fraction", "0.3", "--quiet"]) == 0
+    assert cli(["train", "--data", str(tmp_path / "tok"), "--init", str(tmp_path / "m.cllm"), "--seq-len", "64",
+                "--batch-size", "2", "--max-steps", "2", "--output", str(tmp_path / "ft.cllm"), "--quiet"]) == 0
     shutil.rmtree(folder)

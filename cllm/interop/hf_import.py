@@ -19,7 +19,7 @@ import numpy as np
 from ..model.config import ModelConfig
 from ..model.language_model import Model
 from ..tokenizer import Tokenizer
-from ..tokenizer.bpe import byte_to_unicode, pattern_of
+from ..tokenizer.bpe import read_hf_tokenizer
 from .hf import config_from_hf, weights_from_hf
 from .safetensors_file import read_safetensors
 
@@ -98,63 +98,8 @@ def _json(path: Path) -> dict:
 
 def _tokenizer(path: Path, n_rows: int) -> tuple[Tokenizer, np.ndarray]:
     """The byte-level BPE of ``path`` as a cllm Tokenizer, and hf_ids[cllm id] = the file's id of that token."""
-    doc = _json(path)
-    fail = lambda what: ValueError(f"import: {path} is not a byte-level BPE cllm can run: {what}")
-    model = doc.get("model")
-    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
-        raise fail(f"model type {isinstance(model, dict) and model.get('type')!r} (cllm has byte-level BPE only)")
-    for name, allowed in (("byte_fallback", (False, None)), ("ignore_merges", (False, None)),
-                          ("continuing_subword_prefix", (None, "")), ("end_of_word_suffix", (None, "")),
-                          ("dropout", (None, 0))):
-        if model.get(name) not in allowed:
-            raise fail(f"model.{name} = {model.get(name)!r} (cllm's BPE has {allowed[0]!r})")
-    if doc.get("normalizer") is not None:
-        raise fail(f"a normalizer ({doc['normalizer'].get('type')}) changes the text before splitting")
-    decoder = doc.get("decoder") or {}
-    if decoder.get("type") != "ByteLevel":
-        raise fail(f"decoder {decoder.get('type')!r} (byte-level BPE decodes with ByteLevel)")
-    try:
-        pattern = pattern_of(doc.get("pre_tokenizer"))
-    except ValueError as e:
-        raise fail(str(e)) from None
-    u2b = {u: b for b, u in byte_to_unicode().items()}
-    try:
-        to_bytes = lambda text: bytes(u2b[c] for c in text)
-        vocab = {int(i): to_bytes(t) for t, i in model["vocab"].items()}
-        merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
-        added = sorted((int(t["id"]), str(t["content"])) for t in doc.get("added_tokens", []))
-    except KeyError as e:
-        raise fail(f"{e} is neither a vocabulary entry nor a byte in GPT-2's byte-to-unicode spelling") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        raise fail(f"vocab, merges or added_tokens malformed ({e})") from None
-    specials = {i for i, _ in added}
-    by_bytes = {b: i for i, b in vocab.items() if i not in specials}
-    if len(by_bytes) != len(vocab) - len(specials & vocab.keys()):
-        raise fail("two vocabulary entries spell the same bytes")
-    hf_ids = [by_bytes.get(bytes([b])) for b in range(256)]
-    if None in hf_ids:
-        raise fail(f"the byte {hf_ids.index(None):#04x} has no token (every byte needs one)")
-    cllm_id = {hf: i for i, hf in enumerate(hf_ids)}
-    pairs = []
-    for n, merge in enumerate(merges):
-        if len(merge) != 2:
-            raise fail(f"merge {n} {merge!r} is not a pair")
-        try:
-            left, right = (by_bytes[to_bytes(part)] for part in merge)
-            result = by_bytes[to_bytes(merge[0]) + to_bytes(merge[1])]
-        except KeyError:
-            raise fail(f"merge {n} {' '.join(merge)!r} names or makes a token not in the vocabulary") from None
-        if result in cllm_id or left not in cllm_id or right not in cllm_id:
-            raise fail(f"merge {n} {' '.join(merge)!r} makes a token made before, or uses one made after it")
-        cllm_id[result] = len(hf_ids)
-        hf_ids.append(result)
-        pairs.append((cllm_id[left], cllm_id[right]))
-    unreachable = sorted(set(by_bytes.values()) - set(cllm_id))
-    if unreachable:
-        raise fail(f"{len(unreachable)} vocabulary entries (first: id {unreachable[0]}) are neither bytes nor any "
-                   f"merge's result: cllm's ids are the bytes, then the merges' results")
-    hf_ids += [i for i, _ in added]
-    if len(hf_ids) > n_rows or max(hf_ids) >= n_rows:
-        raise ValueError(f"import: {path} has token ids up to {max(hf_ids)}, beyond the model's {n_rows} "
-                         f"embedding rows")
-    return Tokenizer(pairs, [s for _, s in added], pattern), np.array(hf_ids, dtype=np.int64)
+    tokenizer, ids = read_hf_tokenizer(_json(path), str(path))
+    if max(ids) >= n_rows:
+        raise ValueError(f"import: {path} has token ids up to {max(ids)}, beyond the model's {n_rows} embedding "
+                         f"rows")
+    return tokenizer, np.array(ids, dtype=np.int64)

@@ -26,7 +26,7 @@ from ..runtime.checks import integer, is_integer
 from ..runtime.progress import progress_iter
 from ..runtime.threads import resolve_num_threads
 
-__all__ = ["END_OF_TEXT", "FIM_TOKENS", "PATTERNS", "Tokenizer", "byte_to_unicode", "pattern_of"]
+__all__ = ["END_OF_TEXT", "FIM_TOKENS", "PATTERNS", "Tokenizer", "read_hf_tokenizer"]
 
 PATTERNS = {  # the split patterns, as the regex module (and the HF/tiktoken files) spell them
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
@@ -247,44 +247,89 @@ class Tokenizer:
     to_hf_json = save
 
     @classmethod
-    def from_hf_dict(cls, doc: dict, source: str = "tokenizer.json") -> "Tokenizer":
-        """Read a byte-level BPE tokenizer.json whose ids are bytes first, then merges in order (as cllm writes)."""
-        try:
-            model = doc["model"]
-            vocab, merges = model["vocab"], model["merges"]
-            if model.get("type", "BPE") != "BPE":
-                raise ValueError(f"model type {model.get('type')!r} is not BPE")
-            u2b = {u: b for b, u in byte_to_unicode().items()}
-            to_bytes = lambda token: bytes(u2b[c] for c in token)
-            by_id = {i: to_bytes(t) for t, i in vocab.items()}
-            if any(by_id.get(b) != bytes([b]) for b in range(256)):
-                raise ValueError("ids 0..255 must be the single bytes, in order")
-            ids = {b: i for i, b in by_id.items()}
-            pairs = []
-            for n, merge in enumerate(merges):
-                left, right = merge.split(" ") if isinstance(merge, str) else merge
-                a, b = ids[to_bytes(left)], ids[to_bytes(right)]
-                if ids.get(by_id[a] + by_id[b]) != 256 + n:
-                    raise ValueError(f"merge {n} ({merge!r}) must make token {256 + n}")
-                pairs.append((a, b))
-            specials = sorted((t["id"], t["content"]) for t in doc.get("added_tokens", []))
-            if [i for i, _ in specials] != list(range(256 + len(pairs), 256 + len(pairs) + len(specials))):
-                raise ValueError("special tokens must follow the merges")
-            pattern = pattern_of(doc.get("pre_tokenizer"))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"Tokenizer.load: {source} is not a byte-level BPE tokenizer.json that cllm can read: "
-                             f"{e}") from None
-        return cls(pairs, [s for _, s in specials], pattern)
+    def from_hf_dict(cls, doc: dict, source: str = "tokenizer.json", *, renumber: bool = False) -> "Tokenizer":
+        """Read a byte-level BPE tokenizer.json document. Its ids must be cllm's own (the bytes, then the merges'
+        results in order, then the special tokens: what ``save`` writes), or, with ``renumber``, may be in any
+        order and are renumbered so (``read_hf_tokenizer`` also gives the file's id of each token)."""
+        tokenizer, ids = read_hf_tokenizer(doc, source)
+        if not renumber and ids != list(range(len(ids))):
+            first = next(i for i, x in enumerate(ids) if i != x)
+            raise ValueError(f"Tokenizer.load: {source} numbers its tokens in another order than cllm's (bytes, "
+                             f"merges, special tokens; token {first} is its id {ids[first]}): renumber=True reads it")
+        return tokenizer
 
     @classmethod
-    def load(cls, path) -> "Tokenizer":
-        """Read a tokenizer.json written by save()."""
+    def load(cls, path, *, renumber: bool = False) -> "Tokenizer":
+        """Read a tokenizer.json written by save() (or, with ``renumber``, any byte-level BPE one: see
+        ``from_hf_dict``)."""
         path = Path(path)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"Tokenizer.load: cannot read {path}: {e}") from None
-        return cls.from_hf_dict(doc, str(path))
+        return cls.from_hf_dict(doc, str(path), renumber=renumber)
+
+
+def read_hf_tokenizer(doc, source: str = "tokenizer.json") -> tuple[Tokenizer, list[int]]:
+    """(tokenizer, ids) of any byte-level BPE tokenizer.json document: the tokenizer in cllm's order (the 256
+    bytes, each merge's result in rank order, the added tokens as special tokens), and ids[i] = the file's id of
+    cllm's token i. Anything that would not encode as the file does is a ValueError naming it: another model
+    type, a normalizer, byte fallback, a split pattern that is not one of PATTERNS, a vocabulary entry that is
+    neither a byte nor a merge's result."""
+    fail = lambda what: ValueError(f"Tokenizer.load: {source} is not a byte-level BPE tokenizer.json that cllm can "
+                                   f"read: {what}")
+    model = doc.get("model") if isinstance(doc, dict) else None
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
+        raise fail(f"model type {model.get('type') if isinstance(model, dict) else model!r} (cllm has byte-level "
+                   f"BPE only)")
+    for name, allowed in (("byte_fallback", (False, None)), ("ignore_merges", (False, None)),
+                          ("continuing_subword_prefix", (None, "")), ("end_of_word_suffix", (None, "")),
+                          ("dropout", (None, 0))):
+        if model.get(name) not in allowed:
+            raise fail(f"model.{name} = {model.get(name)!r} (cllm's BPE has {allowed[0]!r})")
+    if doc.get("normalizer") is not None:
+        raise fail(f"a normalizer ({json.dumps(doc['normalizer'])[:60]}) changes the text before it is split")
+    if (doc.get("decoder") or {}).get("type", "ByteLevel") != "ByteLevel":
+        raise fail(f"decoder {doc['decoder'].get('type')!r} (byte-level BPE decodes with ByteLevel)")
+    try:
+        pattern = pattern_of(doc.get("pre_tokenizer"))
+    except ValueError as e:
+        raise fail(str(e)) from None
+    u2b = {u: b for b, u in byte_to_unicode().items()}
+    to_bytes = lambda text: bytes(u2b[c] for c in text)
+    try:
+        added = sorted((int(t["id"]), str(t["content"])) for t in doc.get("added_tokens", []))
+        specials = {i for i, _ in added}
+        vocab = {int(i): to_bytes(t) for t, i in model["vocab"].items() if int(i) not in specials}
+        merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
+    except KeyError as e:
+        raise fail(f"{e} is missing, or is not GPT-2's byte-to-unicode spelling of bytes") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise fail(f"vocab, merges or added_tokens malformed ({e})") from None
+    by_bytes = {b: i for i, b in vocab.items()}
+    if len(by_bytes) != len(vocab):
+        raise fail("two vocabulary entries spell the same bytes")
+    ids = [by_bytes.get(bytes([b])) for b in range(256)]
+    if None in ids:
+        raise fail(f"the byte {ids.index(None):#04x} has no token (every byte needs one)")
+    ours = {hf: i for i, hf in enumerate(ids)}
+    pairs = []
+    for n, merge in enumerate(merges):
+        try:
+            left, right = (to_bytes(part) for part in merge)
+            a, b, made = by_bytes[left], by_bytes[right], by_bytes[left + right]
+        except (KeyError, ValueError):
+            raise fail(f"merge {n} {merge!r} names or makes a token that is not in the vocabulary") from None
+        if made in ours or a not in ours or b not in ours:
+            raise fail(f"merge {n} {merge!r} makes a token made before it, or uses one made after it")
+        ours[made] = len(ids)
+        ids.append(made)
+        pairs.append((ours[a], ours[b]))
+    unreachable = sorted(set(vocab) - set(ours))
+    if unreachable:
+        raise fail(f"{len(unreachable)} vocabulary entries (the first: id {unreachable[0]}) are neither bytes nor "
+                   f"a merge's result")
+    return Tokenizer(pairs, [s for _, s in added], pattern), ids + [i for i, _ in added]
 
 
 def pattern_of(pre_tokenizer) -> str:

@@ -130,7 +130,9 @@ def _tokenizer(inputs, opts: TokenizeOptions, nt: int) -> Tokenizer:
         train_docs = (d for d in iter_documents(inputs) if not is_validation(d, opts.val_fraction))
         return Tokenizer.train(progress_iter(train_docs, opts.progress, "training tokenizer"), opts.vocab_size,
                                special_tokens=(EOT,), pattern=opts.pattern, num_threads=nt)
-    tok = opts.tokenizer if isinstance(opts.tokenizer, Tokenizer) else Tokenizer.load(opts.tokenizer)
+    # any byte-level BPE tokenizer.json, numbered as cllm numbers it (as cllm import does: the shards then fit the
+    # imported model)
+    tok = opts.tokenizer if isinstance(opts.tokenizer, Tokenizer) else Tokenizer.load(opts.tokenizer, renumber=True)
     if EOT not in tok.special_tokens:
         raise ValueError(f"tokenize: the tokenizer {opts.tokenizer} has no {EOT} special token (documents are "
                          f"separated by it)")
