@@ -214,6 +214,22 @@ def test_gguf_holds_every_tensor_and_the_tokenizer(tmp_path, variant, dtype):
         assert np.abs(value - ref).max() <= tolerance, name
 
 
+def test_gguf_q8_0_keeps_rows_of_partial_blocks_in_f16(tmp_path):
+    """d_model 48 is no whole number of 32-weight blocks: matrices with rows of 48 stay f16, those with rows of H
+    (the MLP's down projection) become q8_0."""
+    gguf = pytest.importorskip("gguf")
+    base = trained("llama")
+    cfg = cllm.ModelConfig(vocab_size=640, context_length=64, d_model=48, n_layers=1, n_heads=2, arch="llama")
+    model = cllm.Model(cfg, seed=0)
+    model.tokenizer = base.tokenizer
+    model.save(tmp_path / "odd.cllm")
+    cllm.export(tmp_path / "odd.cllm", tmp_path / "odd.gguf", to="gguf", dtype="q8_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "odd.gguf").tensors}
+    assert cfg.hidden_size % 32 == 0 and types["blk.0.ffn_down.weight"] == "Q8_0"
+    assert types["blk.0.ffn_up.weight"] == types["token_embd.weight"] == "F16"
+    assert types["blk.0.attn_norm.weight"] == "F32"
+
+
 def test_gguf_llama_rotates_pairs(tmp_path):
     """llama.cpp's "llama" rotates adjacent pairs: q/k rows go from halves (h0..h7 | h8..h15) to (h0, h8, h1, ...)."""
     model = trained("llama")
