@@ -148,6 +148,26 @@ def test_import_reads_half_precision_weights(tmp_path):
         assert np.array_equal(value, half[name].astype(np.float32)), name
 
 
+def test_import_reads_bfloat16_weights(tmp_path):
+    """bfloat16, which numpy cannot hold (the file is written here byte by byte): widened exactly to float32."""
+    from safetensors.numpy import load_file
+
+    folder = _hf_folder(tmp_path)
+    weights = load_file(str(folder / "model.safetensors"))
+    halves = {k: (v.view(np.uint32) >> 16).astype(np.uint16) for k, v in weights.items()}
+    header, offset = {}, 0
+    for name, h in halves.items():
+        header[name] = {"dtype": "BF16", "shape": list(h.shape), "data_offsets": [offset, offset + h.nbytes]}
+        offset += h.nbytes
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    (folder / "model.safetensors").write_bytes(len(head).to_bytes(8, "little") + head
+                                               + b"".join(h.tobytes() for h in halves.values()))
+    got = cllm.import_hf(folder, tmp_path / "m.cllm").model
+    for name, value in got.state_dict().items():
+        assert np.array_equal(value.view(np.uint32), halves[name].astype(np.uint32) << 16), name
+
+
 # --- fine-tuning an imported model --------------------------------------------------------------------------
 
 
