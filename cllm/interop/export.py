@@ -13,7 +13,7 @@ from pathlib import Path
 from .._version import __version__
 from ..model.loading import read
 from ..runtime.atomic import fsync_directory
-from .files import write_json, write_through
+from .files import write_json, write_safetensors
 
 __all__ = ["EXPORT_FORMATS", "GGUF_DTYPES", "export"]
 
@@ -49,12 +49,9 @@ def export(path, destination, to: str = "hf", dtype: str = "f32") -> list[Path]:
 
 
 def _export_state_dict(model, directory: Path) -> list[Path]:
-    from safetensors.numpy import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     producer = f"cllm {__version__}"
-    written = [write_through(directory / "model.safetensors", lambda tmp: save_file(
-        model.state_dict(), str(tmp), metadata={"format": "pt", "producer": producer}))]
+    written = [write_safetensors(directory / "model.safetensors", model.state_dict())]
     config = {**model.config.to_dict(), "architecture": model.config.arch, "training": model.training_summary,
               "weight_layout": "cllm's state dict: torch.nn.Linear [out_features, in_features]", "producer": producer}
     written.append(write_json(directory / "config.json", config))

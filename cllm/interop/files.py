@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from .._version import __version__
 from ..runtime.atomic import FILE_MODE, atomic_write
 
-__all__ = ["write_json", "write_through"]
+__all__ = ["write_json", "write_safetensors", "write_through"]
 
 
 def write_json(path: Path, doc: dict) -> Path:
@@ -32,3 +33,11 @@ def write_through(path: Path, write) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_safetensors(path: Path, tensors: dict) -> Path:
+    """``tensors`` (name -> array) as a safetensors file, through ``write_through``, cllm named as its producer."""
+    from safetensors.numpy import save_file
+
+    metadata = {"format": "pt", "producer": f"cllm {__version__}"}
+    return write_through(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

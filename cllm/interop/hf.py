@@ -18,7 +18,7 @@ from .._version import __version__
 from ..model.config import ModelConfig
 from ..runtime.atomic import fsync_directory
 from ..tokenizer import END_OF_TEXT, FIM_TOKENS
-from .files import write_json, write_through
+from .files import write_json, write_safetensors
 
 __all__ = ["CONV1D", "config_from_hf", "export_hf", "hf_config", "hf_weights", "weights_from_hf"]
 
@@ -170,14 +170,11 @@ def _tokenizer_files(tokenizer, context_length: int) -> dict[str, dict]:
 def export_hf(model, directory) -> list[Path]:
     """Write ``model`` to ``directory`` as transformers loads it: config.json, generation_config.json,
     model.safetensors and, with a tokenizer, its three files. Returns the files written."""
-    from safetensors.numpy import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg, tok = model.config, model.tokenizer
     producer = f"cllm {__version__}"
-    written = [write_through(directory / "model.safetensors", lambda tmp: save_file(
-        hf_weights(model), str(tmp), metadata={"format": "pt", "producer": producer}))]
+    written = [write_safetensors(directory / "model.safetensors", hf_weights(model))]
     config = hf_config(cfg, tok) | {"cllm": {"producer": producer, "config": cfg.to_dict(),
                                              "training": model.training_summary}}
     written.append(write_json(directory / "config.json", config))
